@@ -1,0 +1,224 @@
+"""The model bundle: the one artefact that crosses from training to serving.
+
+A bundle is a directory (see DESIGN.md)::
+
+    manifest.json     what the model is, how to encode for it, how it was verified, file hashes
+    model.onnx        fp32 graph, dynamic batch and sequence axes
+    model.int8.onnx   statically quantised graph; present only when it passed the export gate
+    tokenizer.json    the fast tokenizer
+
+Training writes it with :func:`write_manifest`; the service reads it with :func:`load_bundle`, which
+refuses a bundle (raising a :class:`BundleError` subclass that names the problem) unless the format
+version is known and every listed file exists and matches its sha256. Torch-free on purpose.
+
+Error tree::
+
+    BundleError
+     ├── BundleNotFoundError     directory or manifest.json missing
+     ├── ManifestError           manifest unreadable, wrong format/version, or fields invalid
+     └── IntegrityError          a listed file is missing or its sha256 differs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.encoding import TRUNCATION_POLICY_NAME, PairEncoder, TruncationPolicy
+
+BUNDLE_FORMAT = "reward-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TOKENIZER_NAME = "tokenizer.json"
+MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+Precision = Literal["fp32", "int8"]
+
+
+class BundleError(Exception):
+    """A bundle cannot be used; the message says what is wrong and where."""
+
+
+class BundleNotFoundError(BundleError):
+    pass
+
+
+class ManifestError(BundleError):
+    pass
+
+
+class IntegrityError(BundleError):
+    pass
+
+
+class TruncationInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: Literal["question-left-then-answer-right"] = TRUNCATION_POLICY_NAME
+    max_length: int = Field(ge=8)
+    min_question_tokens: int = Field(ge=0)
+
+
+class ScoreStats(BaseModel):
+    """Train-set score distribution, used by the service to return normalised scores."""
+
+    mean: float
+    std: float = Field(gt=0)
+
+
+class EvalInfo(BaseModel):
+    dataset: str
+    pairs: int = Field(ge=0)
+    accuracy_fp32: float
+    accuracy_int8: float | None = None
+
+
+class Int8Info(BaseModel):
+    """Whether the int8 graph shipped, and if not, why (a failed gate is reported, not hidden)."""
+
+    shipped: bool
+    reason: str
+    method: str | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["reward-bundle"]
+    format_version: int
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    created: str
+    base_model: str
+    max_length: int = Field(ge=8)
+    truncation: TruncationInfo
+    pad_token_id: int = Field(ge=0)
+    input_names: list[str]
+    score: ScoreStats
+    eval: EvalInfo
+    int8: Int8Info
+    files: dict[str, str]
+    training_config: dict[str, object] = Field(default_factory=dict)
+    export_config: dict[str, object] = Field(default_factory=dict)
+
+    @property
+    def precisions(self) -> list[Precision]:
+        return [p for p, name in MODEL_FILES.items() if name in self.files]  # type: ignore[misc]
+
+    @property
+    def truncation_policy(self) -> TruncationPolicy:
+        return TruncationPolicy(self.max_length, self.truncation.min_question_tokens)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    path: Path
+    manifest: Manifest
+    sha256: str  # hash of manifest.json, which itself pins every other file
+
+    def model_path(self, precision: Precision) -> Path:
+        if precision not in self.manifest.precisions:
+            why = f" ({self.manifest.int8.reason})" if precision == "int8" else ""
+            raise BundleError(
+                f"bundle {self.path} has no {precision} graph{why}; "
+                f"available: {', '.join(self.manifest.precisions)}"
+            )
+        return self.path / MODEL_FILES[precision]
+
+    def default_precision(self) -> Precision:
+        """int8 when it shipped (it passed the accuracy and batch-independence gate), else fp32."""
+        return "int8" if "int8" in self.manifest.precisions else "fp32"
+
+    def encoder(self) -> PairEncoder:
+        return PairEncoder.from_file(self.path / TOKENIZER_NAME, self.manifest.truncation_policy)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_manifest(bundle_dir: Path, fields: dict[str, object]) -> Manifest:
+    """Hash every model/tokenizer file present in ``bundle_dir`` and write a validated manifest.
+
+    ``fields`` holds everything but ``format``, ``format_version`` and ``files``.
+    """
+    files = {
+        name: sha256_file(bundle_dir / name)
+        for name in (TOKENIZER_NAME, *MODEL_FILES.values())
+        if (bundle_dir / name).is_file()
+    }
+    if MODEL_FILES["fp32"] not in files:
+        raise IntegrityError(f"{bundle_dir / MODEL_FILES['fp32']} is missing: a bundle needs the fp32 graph")
+    if TOKENIZER_NAME not in files:
+        raise IntegrityError(f"{bundle_dir / TOKENIZER_NAME} is missing")
+    try:
+        manifest = Manifest(
+            format=BUNDLE_FORMAT, format_version=FORMAT_VERSION, files=files, **fields  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        raise ManifestError(f"refusing to write an invalid manifest: {exc}") from exc
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True)
+    (bundle_dir / MANIFEST_NAME).write_text(text + "\n", encoding="utf-8")
+    return manifest
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Parse and validate manifest.json without checking file hashes."""
+    manifest_path = bundle_dir / MANIFEST_NAME
+    if not bundle_dir.is_dir():
+        raise BundleNotFoundError(f"bundle directory {bundle_dir} does not exist")
+    if not manifest_path.is_file():
+        raise BundleNotFoundError(f"{manifest_path} is missing: not a reward bundle")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{manifest_path} must hold a JSON object")
+    if raw.get("format") != BUNDLE_FORMAT:
+        raise ManifestError(f"{manifest_path}: format is {raw.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(
+            f"{manifest_path}: format_version {raw.get('format_version')!r} is not supported "
+            f"(this service reads version {FORMAT_VERSION})"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(f"{manifest_path} has invalid fields: {exc}") from exc
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read the manifest and verify every file it lists; raise a BundleError naming the problem."""
+    bundle_dir = Path(path)
+    manifest = read_manifest(bundle_dir)
+    for name, expected in manifest.files.items():
+        file_path = bundle_dir / name
+        if Path(name).name != name:
+            raise ManifestError(f"manifest lists {name!r}: file names must not contain directories")
+        if not file_path.is_file():
+            raise IntegrityError(f"{file_path} is listed in the manifest but missing")
+        actual = sha256_file(file_path)
+        if actual != expected:
+            raise IntegrityError(
+                f"{file_path} is corrupt or was replaced: sha256 {actual[:12]}… "
+                f"but the manifest says {expected[:12]}…"
+            )
+    if MODEL_FILES["fp32"] not in manifest.files or TOKENIZER_NAME not in manifest.files:
+        raise ManifestError(f"{bundle_dir}: manifest must list {MODEL_FILES['fp32']} and {TOKENIZER_NAME}")
+    return Bundle(bundle_dir, manifest, sha256_file(bundle_dir / MANIFEST_NAME))

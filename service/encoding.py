@@ -1,0 +1,144 @@
+"""Turn (question, answer) pairs into model inputs: the one encoder both training and serving use.
+
+Why this module exists: a reward model that was trained on one tokenisation and served with another
+scores garbage without any error. Training, export, evaluation and the service all call
+:class:`PairEncoder`, so the ids a pair gets are the same everywhere by construction.
+
+Truncation policy (DESIGN.md): a pair is never dropped. When question + answer exceed
+``max_length``, the *question* is cut from the left (the latest turns of a dialogue matter most),
+down to ``min_question_tokens``; only then is the answer cut from the right. Each encoded pair
+says whether it was cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+TRUNCATION_POLICY_NAME = "question-left-then-answer-right"
+
+
+@dataclass(frozen=True)
+class TruncationPolicy:
+    """How long inputs may be and how they are cut. Stored in the bundle manifest."""
+
+    max_length: int = 512  # model positions, special tokens included
+    min_question_tokens: int = 32  # the question keeps at least this many tokens before the answer is cut
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if not 0 <= self.min_question_tokens < self.max_length // 2:
+            raise ValueError(
+                f"min_question_tokens must be in [0, max_length/2), got {self.min_question_tokens}"
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "policy": TRUNCATION_POLICY_NAME,
+            "max_length": self.max_length,
+            "min_question_tokens": self.min_question_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """One pair as model input ids, before padding."""
+
+    input_ids: list[int]
+    token_type_ids: list[int]
+    truncated: bool
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def split_budget(question_len: int, answer_len: int, budget: int, min_question: int) -> tuple[int, int]:
+    """Return (question tokens kept, answer tokens kept) for a pair under ``budget`` content tokens.
+
+    Pure arithmetic, kept apart so the policy can be tested without a tokenizer.
+    """
+    if question_len + answer_len <= budget:
+        return question_len, answer_len
+    question_floor = min(question_len, min_question)
+    question_keep = max(budget - answer_len, question_floor)
+    answer_keep = budget - question_keep
+    return question_keep, min(answer_len, answer_keep)
+
+
+class PairEncoder:
+    """Encode pairs with a `tokenizers` fast tokenizer and the truncation policy."""
+
+    def __init__(self, tokenizer: Tokenizer, policy: TruncationPolicy) -> None:
+        tokenizer.no_truncation()  # the policy below replaces the tokenizer's own truncation
+        tokenizer.no_padding()  # padding happens per sub-batch in `pad_batch`
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self._content_budget = policy.max_length - tokenizer.num_special_tokens_to_add(is_pair=True)
+        self.pad_token_id = _pad_token_id(tokenizer)
+
+    @classmethod
+    def from_file(cls, tokenizer_json: str | Path, policy: TruncationPolicy) -> PairEncoder:
+        return cls(Tokenizer.from_file(str(tokenizer_json)), policy)
+
+    def encode(self, questions: Sequence[str], answers: Sequence[str]) -> list[EncodedPair]:
+        """Encode pairs in one batched (Rust, multi-threaded) tokenizer call."""
+        if len(questions) != len(answers):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        if not questions:
+            return []
+        encodings = self.tokenizer.encode_batch(
+            [*questions, *answers], add_special_tokens=False
+        )
+        n = len(questions)
+        return [self._join(encodings[i], encodings[n + i]) for i in range(n)]
+
+    def encode_one(self, question: str, answer: str) -> EncodedPair:
+        return self.encode([question], [answer])[0]
+
+    def _join(self, question: Encoding, answer: Encoding) -> EncodedPair:
+        q_keep, a_keep = split_budget(
+            len(question.ids), len(answer.ids), self._content_budget, self.policy.min_question_tokens
+        )
+        truncated = q_keep < len(question.ids) or a_keep < len(answer.ids)
+        if q_keep < len(question.ids):
+            question.truncate(q_keep, direction="left")
+        if a_keep < len(answer.ids):
+            answer.truncate(a_keep, direction="right")
+        joined = self.tokenizer.post_process(question, answer, add_special_tokens=True)
+        return EncodedPair(list(joined.ids), list(joined.type_ids), truncated)
+
+
+def pad_batch(pairs: Sequence[EncodedPair], pad_token_id: int) -> dict[str, np.ndarray]:
+    """Right-pad a batch to its longest member: int64 arrays of shape [batch, seq]."""
+    if not pairs:
+        raise ValueError("cannot pad an empty batch")
+    width = max(len(p) for p in pairs)
+    input_ids = np.full((len(pairs), width), pad_token_id, dtype=np.int64)
+    token_type_ids = np.zeros((len(pairs), width), dtype=np.int64)
+    attention_mask = np.zeros((len(pairs), width), dtype=np.int64)
+    for row, pair in enumerate(pairs):
+        n = len(pair)
+        input_ids[row, :n] = pair.input_ids
+        token_type_ids[row, :n] = pair.token_type_ids
+        attention_mask[row, :n] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+    }
+
+
+def _pad_token_id(tokenizer: Tokenizer) -> int:
+    padding = tokenizer.padding
+    if padding is not None and "pad_id" in padding:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>", "<|padding|>", "<|endoftext|>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    return 0

@@ -1,0 +1,27 @@
+"""`rlhf`: one command line for the whole stack.
+
+    rlhf train-rm --out runs/rm              # reward model on the embedded hh-rlhf pairs
+    rlhf export runs/rm --out bundles/rm-v1  # gated ONNX fp32 + int8 bundle
+    rlhf eval --bundle bundles/rm-v1 --data pairs.jsonl.gz --json
+    rlhf serve --bundle bundles/rm-v1        # scoring service
+    rlhf train-policy --service http://localhost:8000 --out runs/pi
+    rlhf demo                                # all of the above, end to end
+
+Each sub-command lives in its own module and imports its heavy dependencies (torch, transformers)
+only when it runs, so `rlhf --help` is instant and `rlhf serve` works in the torch-free image.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="rlhf",
+    help="Reward-model training, a scoring service, and a policy-optimisation client.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+# Sub-command registrations: one line per command, the function defined in its own module.
