@@ -26,13 +26,13 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.encoding import TRUNCATION_POLICY_NAME, PairEncoder, TruncationPolicy
 
-BUNDLE_FORMAT = "reward-bundle"
+BUNDLE_FORMAT: Final = "reward-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"

@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-TRUNCATION_POLICY_NAME = "question-left-then-answer-right"
+TRUNCATION_POLICY_NAME: Final = "question-left-then-answer-right"
 
 
 @dataclass(frozen=True)

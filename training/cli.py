@@ -25,3 +25,22 @@ bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side
 app.add_typer(bench_app, name="bench")
 
 # Sub-command registrations: one line per command, the function defined in its own module.
+from training.policy.cli import train_policy_command  # noqa: E402
+
+app.command("train-policy")(train_policy_command)
+
+from service.bench_scale import bench_scale_command  # noqa: E402
+
+bench_app.command("scale")(bench_scale_command)
+
+from training.reward.export_cli import bench_quant_command, eval_command, export_command  # noqa: E402
+
+app.command("export")(export_command)
+app.command("eval")(eval_command)
+bench_app.command("quant")(bench_quant_command)
+from service.cli import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
+from service.bench_serve import bench_serve_command  # noqa: E402
+
+bench_app.command("serve")(bench_serve_command)

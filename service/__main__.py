@@ -1,0 +1,34 @@
+"""`python -m service`: the container entry point; every setting comes from RLHF_* environment variables.
+
+RLHF_BUNDLE=/bundles/rm-v1 RLHF_HOST=0.0.0.0 python -m service
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pydantic import ValidationError
+
+from service.bundle import BundleError, load_bundle
+from service.server import serve
+from service.settings import ServiceSettings
+
+
+def main() -> int:
+    try:
+        settings = ServiceSettings()
+    except ValidationError as exc:
+        print(f"invalid RLHF_* configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if settings.bundle is not None:
+        try:
+            load_bundle(settings.bundle)  # fail fast: a crash-looping pod with a clear log beats a silent 503
+        except BundleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

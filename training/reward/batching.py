@@ -1,0 +1,84 @@
+"""Length-grouped batches of preference pairs with dynamic padding.
+
+    chosen, rejected = encode_pairs(encoder, pairs)          # once, batched Rust tokenisation
+    batches = length_grouped_batches(pair_lengths(chosen, rejected), 16, seed=0, epoch=0)
+    batch = collate(chosen, rejected, batches[0], encoder.pad_token_id)  # [2B, seq] arrays
+
+Why: hh-rlhf pairs range from 20 to 1,000+ tokens. Random batches pad every sequence to the
+longest of its batch-mates, so most of a CPU's time goes into padding; sorting pairs by length
+before cutting batches (and shuffling the batches, not the pairs) wastes far less. A pair's
+chosen and rejected sequences go into the same forward pass (rows [0, B) and [B, 2B)), which
+is what the pairwise loss compares.
+
+Encoding goes only through :class:`service.encoding.PairEncoder`, so training sees exactly the ids the
+service will compute for the same text. torch-free (numpy), so the benchmark can count padding too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.encoding import EncodedPair, PairEncoder, pad_batch
+from training.reward.data import PreferencePair
+
+
+def encode_pairs(
+    encoder: PairEncoder, pairs: Sequence[PreferencePair]
+) -> tuple[list[EncodedPair], list[EncodedPair]]:
+    """(chosen, rejected) encodings, index-aligned with ``pairs``."""
+    questions = [p.question for p in pairs]
+    chosen = encoder.encode(questions, [p.chosen for p in pairs])
+    rejected = encoder.encode(questions, [p.rejected for p in pairs])
+    return chosen, rejected
+
+
+def pair_lengths(chosen: Sequence[EncodedPair], rejected: Sequence[EncodedPair]) -> list[int]:
+    """The padded width a pair needs on its own: the longer of its two sequences."""
+    return [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_batches: int = 0
+) -> list[list[int]]:
+    """Batches of pair indices, deterministic in (seed, epoch).
+
+    Shuffle all pairs, cut them into groups of ``group_batches * batch_size`` (0 = one group), sort
+    each group by length, cut batches, then shuffle the batch order. The last batch may be smaller.
+    """
+    assert batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    group = group_batches * batch_size if group_batches > 0 else max(len(lengths), 1)
+    batches: list[list[int]] = []
+    for start in range(0, len(order), group):
+        members = order[start : start + group]
+        # stable sort keeps the shuffled order among equal lengths, so ties differ per epoch
+        members = sorted(members.tolist(), key=lambda i: lengths[i], reverse=True)
+        batches.extend(members[k : k + batch_size] for k in range(0, len(members), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def random_batches(n: int, batch_size: int, seed: int, epoch: int = 0) -> list[list[int]]:
+    """Plain shuffled batches (what a default DataLoader / TRL does): the benchmark's reference."""
+    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    return [order[k : k + batch_size] for k in range(0, n, batch_size)]
+
+
+def collate(
+    chosen: Sequence[EncodedPair], rejected: Sequence[EncodedPair], indices: Sequence[int], pad_token_id: int
+) -> dict[str, np.ndarray]:
+    """One forward's inputs: rows [0, B) are the chosen sequences, rows [B, 2B) the rejected ones."""
+    rows = [chosen[i] for i in indices] + [rejected[i] for i in indices]
+    return pad_batch(rows, pad_token_id)  # each value: int64 [2B, longest of the 2B sequences]
+
+
+def padding_stats(batches: Sequence[Sequence[int]], lengths_chosen: Sequence[int], lengths_rejected: Sequence[int]) -> dict[str, int]:
+    """Token counts of one pass over ``batches``, both sides padded together to one width per batch."""
+    real = padded = 0
+    for batch in batches:
+        seqs = [lengths_chosen[i] for i in batch] + [lengths_rejected[i] for i in batch]
+        real += sum(seqs)
+        padded += len(seqs) * max(seqs)
+    return {"real_tokens": real, "padded_tokens": padded, "pad_tokens": padded - real}

@@ -1,0 +1,215 @@
+"""Preference pairs from disk: hh-rlhf dialogues, explicit JSONL, or a saved `datasets` dataset.
+
+    report = load_pairs()                       # the embedded 2,000 hh-rlhf harmless pairs
+    report = load_pairs("pairs.jsonl.gz")       # any of the formats below, gz or plain
+    train, val = split_pairs(report.pairs, val_fraction=0.1, seed=0)
+
+Formats (detected from the first record, then every record must match it):
+
+* hh-rlhf: ``{"chosen": dialogue, "rejected": dialogue}``. The question is the dialogue up to and
+  including the last ``"\\n\\nAssistant:"``; the answer is the rest. Rows whose two questions differ
+  (or that have no assistant turn) are skipped and counted, never silently dropped.
+* explicit: ``{"question": ..., "chosen": answer, "rejected": answer}``.
+* a directory written by ``datasets``' ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``; of a
+  dict, the ``train`` split or the only split) whose rows are either of the two above.
+
+Pairs whose two answers are identical carry no preference and are skipped and counted too.
+A malformed line raises :class:`DataError` naming the file and line, because a loader that guesses
+turns a broken file into a quietly worse model.
+
+torch-free: the export and evaluation commands load data without the training stack.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA: Path = Path(__file__).resolve().parent.parent / "data" / "hh-rlhf-harmless-2000.jsonl.gz"
+ASSISTANT_PREFIX = "\n\nAssistant:"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class DataError(ValueError):
+    """A data source cannot be read as preference pairs; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One preference: for ``question``, answer ``chosen`` was preferred over ``rejected``."""
+
+    question: str
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class LoadReport:
+    """The pairs read from ``source`` plus what was skipped and why (reason -> count)."""
+
+    pairs: list[PreferencePair]
+    skipped: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+
+
+def load_pairs(source: str | Path | None = None) -> LoadReport:
+    """Read preference pairs from a JSONL file (gz or plain) or a saved dataset directory."""
+    path = Path(source) if source is not None else DEFAULT_DATA
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    records = _dataset_records(path) if path.is_dir() else _jsonl_records(path)
+    pairs: list[PreferencePair] = []
+    skipped: Counter[str] = Counter()
+    fmt: str | None = None
+    for where, record in records:
+        if fmt is None:
+            fmt = _detect_format(record, where)
+        pair_or_reason = _to_pair(record, fmt, where)
+        if isinstance(pair_or_reason, str):
+            skipped[pair_or_reason] += 1
+        else:
+            pairs.append(pair_or_reason)
+    if fmt is None:
+        raise DataError(f"{path}: no records (empty file or dataset)")
+    if not pairs:
+        raise DataError(f"{path}: every record was skipped ({dict(skipped)})")
+    return LoadReport(pairs, sum(skipped.values()), dict(skipped), str(path))
+
+
+def split_dialogue(dialogue: str) -> tuple[str, str] | None:
+    """hh-rlhf dialogue -> (question incl. the last "\\n\\nAssistant:", answer), or None without one."""
+    cut = dialogue.rfind(ASSISTANT_PREFIX)
+    if cut < 0:
+        return None
+    end = cut + len(ASSISTANT_PREFIX)
+    return dialogue[:end], dialogue[end:]
+
+
+def split_pairs(
+    pairs: Sequence[PreferencePair], val_fraction: float, seed: int
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Deterministic (train, val): the ``round(n * val_fraction)`` pairs with the smallest seeded hash.
+
+    A content hash (not Python's salted ``hash`` or a process-global RNG) gives the same split on
+    every run and machine; both halves keep the input order.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = round(len(pairs) * val_fraction)
+    if val_fraction > 0 and len(pairs) > 1:
+        n_val = min(max(n_val, 1), len(pairs) - 1)
+    keys = [_pair_hash(p, seed, i) for i, p in enumerate(pairs)]
+    val_idx = set(sorted(range(len(pairs)), key=keys.__getitem__)[:n_val])
+    train = [p for i, p in enumerate(pairs) if i not in val_idx]
+    val = [p for i, p in enumerate(pairs) if i in val_idx]
+    return train, val
+
+
+def _pair_hash(pair: PreferencePair, seed: int, index: int) -> bytes:
+    # the index breaks ties between duplicate rows so that the split size is exact
+    text = f"{seed}\x00{index}\x00{pair.question}\x00{pair.chosen}\x00{pair.rejected}"
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as raw:
+        gzipped = raw.read(2) == _GZIP_MAGIC
+    opener = gzip.open if gzipped else open
+    try:
+        with opener(path, "rb") as handle:
+            text = io.TextIOWrapper(handle, encoding="utf-8")
+            for lineno, line in enumerate(text, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    yield where, json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from err
+    except (gzip.BadGzipFile, EOFError) as err:
+        raise DataError(f"{path}: corrupt gzip file ({err})") from err
+
+
+def _dataset_records(path: Path) -> Iterable[tuple[str, Any]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: not a dataset saved with save_to_disk ({err})") from err
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" in loaded:
+            split = "train"
+        elif len(loaded) == 1:
+            split = next(iter(loaded))
+        else:
+            raise DataError(f"{path}: DatasetDict without a 'train' split; splits: {sorted(loaded)}")
+        loaded = loaded[split]
+        label = f"{path}[{split}]"
+    else:
+        label = str(path)
+    return ((f"{label} row {i}", row) for i, row in enumerate(loaded))
+
+
+def _detect_format(record: Any, where: str) -> str:
+    if not isinstance(record, Mapping):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "question" in record:
+        return "explicit"
+    if "chosen" in record and "rejected" in record:
+        return "hh-rlhf"
+    raise DataError(
+        f"{where}: unknown record format with keys {sorted(record)}; expected "
+        "chosen/rejected dialogues or question/chosen/rejected"
+    )
+
+
+def _to_pair(record: Any, fmt: str, where: str) -> PreferencePair | str:
+    """A pair, or the reason (a short key) why the record is skipped. Raises on malformed records."""
+    keys = ("question", "chosen", "rejected") if fmt == "explicit" else ("chosen", "rejected")
+    if not isinstance(record, Mapping):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise DataError(f"{where}: missing key(s) {missing} for the {fmt} format")
+    for key in keys:
+        if not isinstance(record[key], str):
+            raise DataError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
+    if fmt == "explicit":
+        question, chosen, rejected = record["question"], record["chosen"], record["rejected"]
+    else:
+        chosen_split = split_dialogue(record["chosen"])
+        rejected_split = split_dialogue(record["rejected"])
+        if chosen_split is None or rejected_split is None:
+            return "no_assistant_turn"
+        if chosen_split[0] != rejected_split[0]:
+            return "question_mismatch"
+        question, chosen, rejected = chosen_split[0], chosen_split[1], rejected_split[1]
+    if chosen == rejected:
+        return "identical_answers"
+    return PreferencePair(question, chosen, rejected)
+
+
+def load_run_split(run_dir: str | Path) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, val) of a finished or running training run, re-created from its reward_config.json.
+
+    ``run_dir`` may be the run's output dir or its ``final``/``checkpoint`` subdirectory.
+    """
+    from training.reward.config import CONFIG_NAME, RewardConfig
+
+    root = Path(run_dir)
+    for candidate in (root / CONFIG_NAME, root / "final" / CONFIG_NAME, root / "checkpoint" / CONFIG_NAME):
+        if candidate.is_file():
+            config = RewardConfig.load(candidate)
+            return split_pairs(load_pairs(config.data).pairs, config.val_fraction, config.seed)
+    raise DataError(f"{root}: no {CONFIG_NAME} (not a training run directory)")

@@ -1,0 +1,322 @@
+"""Export a trained reward model to a verified bundle: ONNX fp32 + static int8, gated, with a manifest.
+
+    rlhf export runs/rm --out bundles/rm-v1                  # fp32 + int8 when int8 passes the gate
+    rlhf export runs/rm --out bundles/rm-v1 --no-int8        # fp32 only
+
+    result = export_bundle("runs/rm", "bundles/rm-v1", ExportConfig(version="2"))
+
+Steps: load RUN/final (model, tokenizer.json, reward_config.json, score_stats.json); re-create the
+run's validation split (the evaluation pairs) and training split (the calibration pairs); export the
+fp32 graph (opset 17, dynamic batch and sequence axes, output "score" [batch]); gate it against
+PyTorch and for batch independence (failure = no bundle); quantise statically to int8 and gate it
+(batch independence, accuracy at most ``max_int8_drop`` points below fp32; failure = the bundle ships
+fp32 only and the manifest says why); write the manifest with every file's sha256. Everything is
+written into a temporary directory next to the target, verified with `load_bundle`, then renamed,
+so a bundle directory is never half-written.
+
+The fp32 and int8 scores of the gate come from `service.onnx_scoring` and the ids from
+`service.encoding.PairEncoder`: the exact code path the service runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.bundle import MODEL_FILES, TOKENIZER_NAME, Manifest, load_bundle, utc_now, write_manifest
+from service.encoding import EncodedPair, PairEncoder, TruncationPolicy, pad_batch
+from service.onnx_scoring import SCORE_OUTPUT, length_sorted_batches, make_session, score_encoded
+from training.reward.config import CONFIG_NAME, RewardConfig
+from training.reward.data import PreferencePair, load_run_split
+from training.reward.evaluate import encode_pair_sides, pairwise_accuracy
+from training.reward.gate import (
+    ExportError,
+    RunDirError,
+    batch_dependence,
+    batch_independence_failure,
+    check_batch_independence,
+    check_parity,
+    int8_accuracy_failure,
+)
+from training.reward.model import accepted_input_names, load_reward_model
+from training.reward.quantize import QuantRecipe, quantize_int8
+
+log = logging.getLogger(__name__)
+SCORE_STATS_NAME = "score_stats.json"
+
+
+@dataclass
+class ExportConfig:
+    """Knobs of `rlhf export`; saved into the manifest as ``export_config``."""
+
+    name: str | None = None  # bundle name; None = the run directory's name
+    version: str | None = None  # None = UTC time of the export, e.g. 20260101-120000
+    # evaluation pairs from the run's validation split; 0 = all of it (200 for the default run)
+    eval_pairs: int = 0
+    # training-split pairs whose two answers calibrate int8 activation ranges; 128 pairs = 256 sequences
+    calibration_pairs: int = 128
+    int8: bool = True  # False = fp32-only bundle
+    # int8 may lose at most this many points of pairwise accuracy on the evaluation pairs
+    max_int8_drop: float = 1.0
+    parity_tolerance: float = 1e-3  # max |ONNX fp32 - PyTorch| on the evaluation pairs
+    batch_tolerance: float = 1e-4  # max |alone - in a mixed batch| for every shipped graph
+    batch_size: int = 32  # sequences per onnxruntime run during the gate
+    threads: int = 2  # onnxruntime intra-op threads
+    opset: int = 17
+    overwrite: bool = False  # replace an existing bundle at the target (atomically)
+    recipe: QuantRecipe = field(default_factory=QuantRecipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "recipe": self.recipe.to_dict()}
+
+
+@dataclass
+class ExportResult:
+    bundle_dir: Path
+    manifest: Manifest
+    gate: dict[str, Any]  # the measured numbers, also in manifest["gate"]
+
+
+class ScoreOnly(torch.nn.Module):
+    """The reward model with positional inputs (in ``input_names`` order) and one output: score [batch]."""
+
+    def __init__(self, model: torch.nn.Module, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = list(input_names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        logits = self.model(**dict(zip(self.input_names, inputs, strict=True))).logits  # [b, 1]
+        return logits[:, 0]
+
+
+def find_final_dir(run_dir: Path) -> Path:
+    """RUN/final, or RUN itself when it is already a final directory."""
+    for candidate in (run_dir / "final", run_dir):
+        if (candidate / CONFIG_NAME).is_file() and (candidate / "config.json").is_file():
+            return candidate
+    raise RunDirError(
+        f"{run_dir} is not a finished training run: expected {run_dir / 'final'} with config.json, "
+        f"{CONFIG_NAME}, {TOKENIZER_NAME} and {SCORE_STATS_NAME} (written at the end of `rlhf train-rm`)"
+    )
+
+
+def read_score_stats(final_dir: Path) -> dict[str, float]:
+    path = final_dir / SCORE_STATS_NAME
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+        return {"mean": float(stats["mean"]), "std": float(stats["std"])}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RunDirError(f"{path}: cannot read the train-set score mean/std ({exc})") from exc
+
+
+def export_onnx(
+    model: torch.nn.Module, input_names: Sequence[str], sample: dict[str, np.ndarray], path: Path, opset: int
+) -> None:
+    """TorchScript-based export (dynamo=False) with dynamic batch and sequence axes."""
+    wrapper = ScoreOnly(model, input_names).eval()
+    args = tuple(torch.from_numpy(sample[name]) for name in input_names)
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=[SCORE_OUTPUT],
+            dynamic_axes={**axes, SCORE_OUTPUT: {0: "batch"}},
+        )
+    model.eval()  # export restores the wrapper's mode; the model must stay in eval for the gate
+
+
+@torch.no_grad()
+def torch_scores(
+    model: torch.nn.Module,
+    input_names: Sequence[str],
+    encoded: Sequence[EncodedPair],
+    pad_token_id: int,
+    batch_size: int,
+) -> np.ndarray:
+    """PyTorch scores [n] over the same length-sorted padded batches onnxruntime sees."""
+    wrapper = ScoreOnly(model, input_names).eval()
+    scores = np.empty(len(encoded), dtype=np.float64)
+    for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
+        batch = pad_batch([encoded[i] for i in idx], pad_token_id)
+        scores[idx] = wrapper(*(torch.from_numpy(batch[n]) for n in input_names)).double().numpy()
+    return scores
+
+
+def spread_sample(pairs: Sequence[PreferencePair], n: int) -> list[PreferencePair]:
+    """``n`` pairs evenly spaced over ``pairs`` (all when n <= 0 or n >= len): deterministic, same mix."""
+    if n <= 0 or n >= len(pairs):
+        return list(pairs)
+    return [pairs[int(i)] for i in np.linspace(0, len(pairs) - 1, n).round().astype(int)]
+
+
+def export_bundle(
+    run_dir: str | Path, out_dir: str | Path, config: ExportConfig | None = None
+) -> ExportResult:
+    """Export, gate and write a bundle at ``out_dir``; raise an ExportError naming the failed check."""
+    config = config or ExportConfig()
+    run, out = Path(run_dir), Path(out_dir)
+    if out.exists() and not config.overwrite:
+        raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
+    final = find_final_dir(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fields, gate = _build(run, final, tmp, config)
+        write_manifest(tmp, {**fields, "gate": gate})
+        load_bundle(tmp)  # verify before it becomes visible
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    bundle = load_bundle(out)
+    return ExportResult(out, bundle.manifest, gate)
+
+
+def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the graphs and tokenizer into ``tmp``; return (manifest fields, gate numbers)."""
+    started = time.perf_counter()
+    train_config = RewardConfig.load(final / CONFIG_NAME)
+    stats = read_score_stats(final)
+    if not (final / TOKENIZER_NAME).is_file():
+        raise RunDirError(f"{final / TOKENIZER_NAME} is missing")
+    policy = TruncationPolicy(train_config.max_length, train_config.min_question_tokens)
+    encoder = PairEncoder.from_file(final / TOKENIZER_NAME, policy)
+    train_pairs, val_pairs = load_run_split(run)
+    if not val_pairs:
+        raise RunDirError(
+            f"{run}: the run has no validation split (val_fraction 0); the gate needs evaluation pairs"
+        )
+    eval_pairs = spread_sample(val_pairs, config.eval_pairs)
+    chosen, rejected = encode_pair_sides(encoder, eval_pairs)
+    encoded = [*chosen, *rejected]  # rows [0, n) chosen, [n, 2n) rejected
+    n = len(eval_pairs)
+
+    model = load_reward_model(str(final)).eval()
+    input_names = accepted_input_names(model)
+    shutil.copyfile(final / TOKENIZER_NAME, tmp / TOKENIZER_NAME)
+    fp32_path = tmp / MODEL_FILES["fp32"]
+    sample = pad_batch(sorted(encoded, key=len)[-2:], encoder.pad_token_id)
+    log.info("exporting fp32 ONNX (opset %d, inputs %s)", config.opset, ", ".join(input_names))
+    export_onnx(model, input_names, sample, fp32_path, config.opset)
+
+    # -- fp32 gate: parity with PyTorch and batch independence (hard failures) ----------------------
+    session = make_session(fp32_path, config.threads)
+    graph_inputs = [i.name for i in session.get_inputs()]
+    if graph_inputs != input_names:
+        raise ExportError(f"exported graph takes inputs {graph_inputs}, expected {input_names}")
+    log.info("gate: scoring %d evaluation pairs with PyTorch and onnxruntime", n)
+    reference = torch_scores(model, input_names, encoded, encoder.pad_token_id, config.batch_size)
+    fp32 = score_encoded(session, input_names, encoded, encoder.pad_token_id, config.batch_size)
+    max_diff = check_parity(reference, fp32, config.parity_tolerance)
+    batch_fp32 = check_batch_independence(
+        "fp32", batch_dependence(session, input_names, encoded, encoder.pad_token_id), config.batch_tolerance
+    )
+    accuracy_fp32 = pairwise_accuracy(fp32[:n], fp32[n:])
+    log.info(
+        "fp32: max |onnx - torch| %.2e, batch diff %.2e, accuracy %.2f%%",
+        max_diff,
+        batch_fp32,
+        100 * accuracy_fp32,
+    )
+
+    # -- int8: static quantisation, shipped only when it passes ---------------------------------------
+    int8_info: dict[str, Any] = {"shipped": False, "reason": "disabled (--no-int8)", "method": None}
+    accuracy_int8: float | None = None
+    batch_int8: float | None = None
+    if config.int8:
+        int8_path = tmp / MODEL_FILES["int8"]
+        calibration = _calibration_batches(encoder, spread_sample(train_pairs, config.calibration_pairs))
+        log.info("int8: calibrating on %d batches (%s)", len(calibration), config.recipe.describe())
+        method = quantize_int8(fp32_path, int8_path, calibration, config.recipe)
+        int8_session = make_session(int8_path, config.threads)
+        int8 = score_encoded(int8_session, input_names, encoded, encoder.pad_token_id, config.batch_size)
+        accuracy_int8 = pairwise_accuracy(int8[:n], int8[n:])
+        batch_int8 = batch_dependence(int8_session, input_names, encoded, encoder.pad_token_id)
+        reason = batch_independence_failure(
+            "int8", batch_int8, config.batch_tolerance
+        ) or int8_accuracy_failure(accuracy_fp32, accuracy_int8, config.max_int8_drop)
+        del int8_session
+        if reason is None:
+            drop = 100 * (accuracy_fp32 - accuracy_int8)
+            int8_info = {
+                "shipped": True,
+                "reason": f"passed the gate (accuracy drop {drop:.2f} points)",
+                "method": method,
+            }
+        else:
+            int8_path.unlink()
+            int8_info = {"shipped": False, "reason": reason, "method": method}
+        log.info(
+            "int8: accuracy %.2f%%, batch diff %.2e: %s", 100 * accuracy_int8, batch_int8, int8_info["reason"]
+        )
+
+    source = train_config.data or "embedded hh-rlhf-harmless-2000"
+    fields: dict[str, Any] = {
+        "name": config.name or (final.parent if final.name == "final" else final).name,
+        "version": config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
+        "created": utc_now(),
+        "base_model": train_config.base_model,
+        "max_length": policy.max_length,
+        "truncation": {"max_length": policy.max_length, "min_question_tokens": policy.min_question_tokens},
+        "pad_token_id": encoder.pad_token_id,
+        "input_names": input_names,
+        "score": stats,
+        "eval": {
+            "dataset": f"{source}: validation split (val_fraction {train_config.val_fraction}, "
+            f"seed {train_config.seed})",
+            "pairs": n,
+            "accuracy_fp32": accuracy_fp32,
+            "accuracy_int8": accuracy_int8,
+        },
+        "int8": int8_info,
+        "training_config": train_config.to_dict(),
+        "export_config": config.to_dict(),
+    }
+    gate = {
+        "max_abs_diff_onnx_torch": max_diff,
+        "batch_diff_fp32": batch_fp32,
+        "batch_diff_int8": batch_int8,
+        "export_seconds": round(time.perf_counter() - started, 1),
+    }
+    return fields, gate
+
+
+def _calibration_batches(
+    encoder: PairEncoder, pairs: Sequence[PreferencePair]
+) -> list[dict[str, np.ndarray]]:
+    """Both answers of each pair, length-sorted into batches of 8 so little padding enters the ranges."""
+    chosen, rejected = encode_pair_sides(encoder, pairs)
+    encoded = [*chosen, *rejected]
+    return [
+        pad_batch([encoded[i] for i in idx], encoder.pad_token_id)
+        for idx in length_sorted_batches([len(e) for e in encoded], 8)
+    ]
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is moved aside first and removed after."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

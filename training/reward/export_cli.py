@@ -1,0 +1,146 @@
+"""`rlhf export`, `rlhf eval` and `rlhf bench quant`: the command-line faces of export.py,
+evaluate.py and bench_quant.py.
+
+    rlhf export runs/rm --out bundles/rm-v1
+    rlhf eval --bundle bundles/rm-v1 --data heldout.jsonl.gz --precision int8 --json
+    rlhf bench quant --bundle bundles/rm-v1
+
+Heavy imports (torch, transformers, onnxruntime) happen inside the commands so `rlhf --help` stays
+instant; `rlhf eval` and `rlhf bench quant` never import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+EXIT_FAILED = 1  # a gate or a bundle check refused; the message says which
+
+
+def export_command(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Training run directory (the --out of `rlhf train-rm`) or its final/.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to create (written atomically).")],
+    name: Annotated[str | None, typer.Option(help="Bundle name [default: the run directory's name].")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Bundle version [default: UTC time of the export].")
+    ] = None,
+    eval_pairs: Annotated[
+        int, typer.Option(help="Validation-split pairs the gate evaluates (0 = the whole split).")
+    ] = 0,
+    calibration_pairs: Annotated[
+        int,
+        typer.Option(help="Training-split pairs (both answers) that calibrate the int8 activation ranges."),
+    ] = 128,
+    no_int8: Annotated[
+        bool, typer.Option("--no-int8", help="Ship the fp32 graph only (no quantisation).")
+    ] = False,
+    max_int8_drop: Annotated[
+        float, typer.Option(help="Max pairwise-accuracy points int8 may lose vs fp32; else only fp32 ships.")
+    ] = 1.0,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads during the gate.")] = 2,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing bundle at --out.")
+    ] = False,
+) -> None:
+    """Export a trained reward model to a gated ONNX bundle (fp32 + static int8) with a manifest."""
+    from training.reward.export import ExportConfig, export_bundle
+    from training.reward.gate import ExportError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = ExportConfig(
+        name=name,
+        version=version,
+        eval_pairs=eval_pairs,
+        calibration_pairs=calibration_pairs,
+        int8=not no_int8,
+        max_int8_drop=max_int8_drop,
+        threads=threads,
+        overwrite=overwrite,
+    )
+    try:
+        result = export_bundle(run_dir, out, config)
+    except ExportError as exc:
+        typer.echo(f"export failed: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from exc
+    m = result.manifest
+    int8 = (
+        f"int8 shipped ({m.eval.accuracy_int8:.2%})"
+        if m.int8.shipped
+        else f"int8 NOT shipped: {m.int8.reason}"
+    )
+    typer.echo(
+        f"wrote {result.bundle_dir} ({m.name} {m.version}): fp32 accuracy {m.eval.accuracy_fp32:.2%} on "
+        f"{m.eval.pairs} pairs, max |onnx - torch| {result.gate['max_abs_diff_onnx_torch']:.1e}; {int8}"
+    )
+
+
+def eval_command(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory (verified before use).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Preference pairs (hh-rlhf or question/chosen/rejected JSONL, gz or plain, or a saved "
+            "`datasets` dir). Default: the embedded 2,000 hh-rlhf pairs, which include the bundle's "
+            "training pairs (the run's validation split is not stored in the bundle), so pass held-out data "
+            "for an honest number."
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32 or int8 [default: int8 when the bundle ships it, else fp32].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per onnxruntime run (length-sorted).")] = 32,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 2,
+    limit: Annotated[int, typer.Option(help="Evaluate only the first N pairs (0 = all).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+) -> None:
+    """Pairwise accuracy, margin, truncation and length bias of a bundle on preference pairs (onnxruntime)."""
+    from service.bundle import BundleError
+    from training.reward.data import DataError
+    from training.reward.evaluate import evaluate_bundle
+
+    if precision not in (None, "fp32", "int8"):
+        raise typer.BadParameter(f"must be fp32 or int8, got {precision!r}", param_hint="--precision")
+    if batch_size < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
+    chosen: Literal["fp32", "int8"] | None = precision  # type: ignore[assignment]
+    try:
+        report = evaluate_bundle(bundle, data, chosen, batch_size=batch_size, threads=threads, limit=limit)
+    except (BundleError, DataError) as exc:
+        typer.echo(f"eval failed: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from exc
+    typer.echo(json.dumps(report.to_dict()) if as_json else report.format_text())
+
+
+def bench_quant_command(
+    bundle: Annotated[
+        Path, typer.Option("--bundle", help="Bundle with both model.onnx and model.int8.onnx.")
+    ],
+    data: Annotated[
+        Path | None, typer.Option(help="Pairs whose length mix is used [default: embedded hh-rlhf].")
+    ] = None,
+    pairs: Annotated[
+        int, typer.Option(help="Pairs to score (both answers each), spread over the data.")
+    ] = 256,
+    batch_size: Annotated[int, typer.Option(help="Sequences per onnxruntime run.")] = 32,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 2,
+    repeats: Annotated[int, typer.Option(help="Timed passes per configuration; the fastest counts.")] = 2,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of the table.")
+    ] = False,
+) -> None:
+    """fp32 vs int8 pairs/s in onnxruntime, length-sorted vs arrival-order batches, measured in one run."""
+    from service.bundle import BundleError
+    from training.reward.bench_quant import run_bench
+
+    try:
+        result = run_bench(bundle, data, pairs, batch_size, threads, repeats)
+    except BundleError as exc:
+        typer.echo(f"bench failed: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from exc
+    typer.echo(json.dumps(result.to_dict()) if as_json else result.format_table())

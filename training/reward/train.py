@@ -1,0 +1,326 @@
+"""Train a scalar-head reward model on preference pairs.
+
+    rlhf train-rm --out runs/rm                           # embedded hh-rlhf pairs, MiniLM, ~10 min on 2 cores
+    rlhf train-rm --out runs/rm --resume                  # continue after a crash or kill
+    torchrun --nproc_per_node 4 -m training train-rm --out runs/rm --device cuda   # or: accelerate launch -m training ...
+
+One readable loop in the nanoGPT manner: set-up, then `for step in ...`. Under torchrun /
+accelerate launch every process trains on its own share of the batches (DDP averages gradients);
+only rank 0 writes files, logs and shows progress.
+
+Output (read by `rlhf export` and `rlhf eval`)::
+
+    OUT/metrics.jsonl, OUT/curves.png      per-step and validation metrics, their curves
+    OUT/checkpoint/                        the latest checkpoint (see checkpoint.py)
+    OUT/final/                             model (safetensors), tokenizer.json, reward_config.json,
+                                           score_stats.json {mean, std, pairs}, metrics.json
+
+Reproducibility: the split, the batch order of every epoch and the dropout masks of every step are
+pure functions of (seed, epoch, step, rank), and the LR is a pure function of the step, so a resumed
+run replays exactly what the uninterrupted run would have done: same seed -> same final weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from service.encoding import EncodedPair, PairEncoder, TruncationPolicy
+from training.reward.batching import collate, encode_pairs, length_grouped_batches, pair_lengths
+from training.reward.checkpoint import load_checkpoint, save_checkpoint
+from training.reward.config import CONFIG_NAME, RewardConfig
+from training.reward.data import PreferencePair, load_pairs, split_pairs
+from training.reward.losses import pairwise_loss
+from training.reward.model import accepted_input_names, load_reward_model, model_inputs, score_pairs, tokenizer_json_path
+from training.runlog import JsonlLogger, plot_curves, read_jsonl
+
+PLOT_KEYS = ("loss", "accuracy", "margin", "lr", "tokens_per_s", "val_accuracy", "val_margin", "val_loss")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    final_dir: Path
+    steps: int
+    val_metrics: dict[str, float]
+    wall_time_s: float
+
+
+@dataclass
+class _Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def lr_at(step: int, total_steps: int, config: RewardConfig) -> float:
+    """Linear warm-up to config.lr, then cosine/linear decay to min_lr_ratio * lr (or constant)."""
+    warmup = int(config.warmup_ratio * total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.decay == "constant":
+        return config.lr
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if config.decay == "cosine" else 1.0 - progress
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * shape)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A well-mixed 63-bit seed per (run seed, step, rank): dropout masks without saved RNG state."""
+    digest = hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def train(
+    config: RewardConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Run (or resume) training; ``on_step(step)`` is called after each optimizer step (tests use it)."""
+    t_start = time.time()
+    out = Path(out_dir)
+    env = _setup_distributed(config.device)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out)
+        config = replace(ckpt.config, device=config.device, num_workers=config.num_workers)
+    elif config.data is not None:
+        config = replace(config, data=str(Path(config.data).resolve()))
+
+    # -- data: load, split, encode once (with the serving encoder) --------------------------------
+    report = load_pairs(config.data)
+    train_pairs, val_pairs = split_pairs(report.pairs, config.val_fraction, config.seed)
+    tokenizer_json = tokenizer_json_path(config.base_model)
+    encoder = PairEncoder.from_file(
+        tokenizer_json, TruncationPolicy(config.max_length, config.min_question_tokens)
+    )
+    chosen, rejected = encode_pairs(encoder, train_pairs)
+    lengths = pair_lengths(chosen, rejected)
+    per_epoch = len(length_grouped_batches(lengths, config.batch_size, config.seed, 0)) // env.world
+    assert per_epoch >= 1, f"{len(train_pairs)} training pairs make no batch for each of {env.world} processes"
+    total_steps = config.max_steps or max(1, int(config.epochs * per_epoch) // config.grad_accum)
+
+    # -- model and optimizer ----------------------------------------------------------------------
+    torch.manual_seed(config.seed)  # the fresh scalar head's initialisation
+    raw_model = load_reward_model(str(ckpt.path) if ckpt else config.base_model).to(env.device)
+    raw_model.train()
+    optimizer = torch.optim.AdamW(_param_groups(raw_model, config.weight_decay), lr=config.lr)
+    if ckpt:
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+    model: torch.nn.Module = raw_model
+    if env.world > 1:
+        device_ids = [env.device.index] if env.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=device_ids)
+    input_names = accepted_input_names(raw_model)
+    start_step = ckpt.step if ckpt else 0
+
+    logger = JsonlLogger(out / "metrics.jsonl", keep_until_step=start_step if ckpt else None) if env.is_main else None
+    if env.is_main and not ckpt:
+        _describe_run(config, report, len(train_pairs), len(val_pairs), total_steps, per_epoch)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and env.is_main), desc="train-rm")
+    stream = _micro_batches(config, chosen, rejected, lengths, env, per_epoch, start_step * config.grad_accum, encoder.pad_token_id)
+    val_metrics: dict[str, float] = {}
+
+    for step in range(start_step, total_steps):
+        t0 = time.time()
+        torch.manual_seed(step_seed(config.seed, step, env.rank))  # dropout masks of this step
+        lr = lr_at(step, total_steps, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # forward/backward over grad_accum micro-batches; DDP syncs gradients on the last one only
+        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+        tokens = 0
+        for micro in range(config.grad_accum):
+            epoch, batch = next(stream)
+            n_pairs = batch["input_ids"].shape[0] // 2
+            sync = micro == config.grad_accum - 1 or env.world == 1
+            with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
+                rewards = model(**model_inputs(batch, input_names, env.device)).logits[:, 0]  # [2B]
+                loss, metrics = pairwise_loss(
+                    rewards[:n_pairs], rewards[n_pairs:], config.margin or None, config.center_coef
+                )
+                (loss / config.grad_accum).backward()
+            for key in sums:
+                sums[key] += metrics[key] / config.grad_accum
+            tokens += int(batch["attention_mask"].sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.clip_grad or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+
+        # -- bookkeeping (rank 0): metrics, validation, checkpoint --------------------------------
+        dt = time.time() - t0
+        if logger is not None:
+            logger.log({"step": done, "epoch": epoch, **sums, "lr": lr, "grad_norm": float(grad_norm),
+                        "tokens_per_s": tokens * env.world / dt, "step_time_s": dt})
+            bar.set_postfix(loss=f"{sums['loss']:.3f}", acc=f"{sums['accuracy']:.2f}", lr=f"{lr:.1e}")
+        bar.update(1)
+        if env.is_main and config.eval_every and done % config.eval_every == 0 and done < total_steps:
+            val_metrics = _validate(raw_model, encoder, val_pairs, config, env.device)
+            assert logger is not None
+            logger.log({"step": done, **{f"val_{k}": v for k, v in val_metrics.items()}})
+            _plot(out)
+        if env.is_main and config.checkpoint_every and done % config.checkpoint_every == 0 and done < total_steps:
+            save_checkpoint(out, raw_model, optimizer, config, tokenizer_json, done, done * config.grad_accum)
+        if on_step is not None:
+            on_step(done)
+    bar.close()
+
+    # -- final model: validation, score statistics, OUT/final ------------------------------------
+    final_dir = out / "final"
+    if env.is_main:
+        val_metrics = _validate(raw_model, encoder, val_pairs, config, env.device)
+        assert logger is not None
+        logger.log({"step": total_steps, **{f"val_{k}": v for k, v in val_metrics.items()}})
+        stats = _score_stats(raw_model, encoder, train_pairs, config, env.device)
+        summary = {
+            **{f"val_{k}": v for k, v in val_metrics.items()},
+            "train_pairs": len(train_pairs), "steps": total_steps, "data": report.source,
+            "skipped": report.skipped, "skipped_reasons": report.skipped_reasons,
+            "wall_time_s": time.time() - t_start,
+        }
+        _write_final(final_dir, raw_model, config, tokenizer_json, stats, summary)
+        _plot(out)
+        print(f"val accuracy {val_metrics['accuracy']:.3f} on {len(val_pairs)} pairs; model in {final_dir}")
+    if env.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(out, final_dir, total_steps, val_metrics, time.time() - t_start)
+
+
+def _setup_distributed(device: str) -> _Dist:
+    """Single process, or one process per device under torchrun / accelerate launch (WORLD_SIZE set)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} asked for CUDA but torch sees no GPU")
+    if use_cuda:
+        index = int(device.split(":")[1]) if ":" in device else local_rank
+        torch.cuda.set_device(index)
+        resolved = torch.device("cuda", index)
+    else:
+        resolved = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return _Dist(rank, world, resolved)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: decaying biases and LayerNorm gains just hurts (BERT recipe)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def _micro_batches(
+    config: RewardConfig,
+    chosen: list[EncodedPair],
+    rejected: list[EncodedPair],
+    lengths: list[int],
+    env: _Dist,
+    per_epoch: int,
+    start: int,
+    pad_token_id: int,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Endless (epoch, padded batch) stream of this rank, starting at micro-batch ``start``."""
+    epoch, position = divmod(start, per_epoch)
+    while True:
+        batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch, config.length_group_batches)
+        mine = batches[env.rank :: env.world][:per_epoch][position:]  # equal counts keep DDP in step
+        loader = torch.utils.data.DataLoader(
+            _Collated(chosen, rejected, mine, pad_token_id),
+            batch_size=None,
+            num_workers=config.num_workers,
+        )
+        for batch in loader:
+            yield epoch, {k: np.asarray(v) for k, v in batch.items()}
+        epoch, position = epoch + 1, 0
+
+
+class _Collated(torch.utils.data.Dataset):
+    """Index i -> the padded inputs of batch i (lets a DataLoader pad in worker processes)."""
+
+    def __init__(self, chosen: list[EncodedPair], rejected: list[EncodedPair], batches: list[list[int]], pad: int):
+        self.chosen, self.rejected, self.batches, self.pad = chosen, rejected, batches, pad
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return collate(self.chosen, self.rejected, self.batches[i], self.pad)
+
+
+def _validate(
+    model: Any, encoder: PairEncoder, pairs: list[PreferencePair], config: RewardConfig, device: torch.device
+) -> dict[str, float]:
+    """Pairwise accuracy (ties wrong), mean margin and loss of the current model on ``pairs``."""
+    if not pairs:
+        return {}
+    questions = [p.question for p in pairs]
+    r_c = score_pairs(model, encoder, questions, [p.chosen for p in pairs], config.batch_size * 2, device)
+    r_r = score_pairs(model, encoder, questions, [p.rejected for p in pairs], config.batch_size * 2, device)
+    _, metrics = pairwise_loss(torch.from_numpy(r_c), torch.from_numpy(r_r))
+    return {**metrics, "pairs": len(pairs)}
+
+
+def _score_stats(
+    model: Any, encoder: PairEncoder, pairs: list[PreferencePair], config: RewardConfig, device: torch.device
+) -> dict[str, float]:
+    """Mean/std of the trained model's scores over the train split (both answers): the service's normaliser."""
+    questions = [p.question for p in pairs] * 2
+    answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    scores = score_pairs(model, encoder, questions, answers, config.batch_size * 2, device)
+    return {"mean": float(scores.mean()), "std": float(scores.std()), "pairs": len(pairs)}
+
+
+def _write_final(
+    final_dir: Path, model: Any, config: RewardConfig, tokenizer_json: Path,
+    stats: dict[str, float], summary: dict[str, Any],
+) -> None:
+    """OUT/final/, written to a temp dir and renamed so readers never see half a model."""
+    tmp = final_dir.with_name(final_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+    config.save(tmp / CONFIG_NAME)
+    (tmp / "score_stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(final_dir, ignore_errors=True)
+    tmp.rename(final_dir)
+
+
+def _plot(out: Path) -> None:
+    plot_curves(read_jsonl(out / "metrics.jsonl"), PLOT_KEYS, out / "curves.png", "reward model training")
+
+
+def _describe_run(
+    config: RewardConfig, report: Any, n_train: int, n_val: int, total_steps: int, per_epoch: int
+) -> None:
+    skipped = f", skipped {report.skipped} {report.skipped_reasons}" if report.skipped else ""
+    print(f"data {report.source}: {n_train} train / {n_val} val pairs{skipped}")
+    print(f"{total_steps} steps ({per_epoch} batches of {config.batch_size} pairs per epoch), "
+          f"max_length {config.max_length}, lr {config.lr}")
