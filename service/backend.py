@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from service.errors import InferenceFailed
+from service.onnx_scoring import SCORE_OUTPUT, make_session, run_scores
 
-OUTPUT_NAME = "score"
+OUTPUT_NAME = SCORE_OUTPUT
 # onnxruntime's own exception classes (pybind11, they derive from Exception only)
 ORT_ERRORS: tuple[type[Exception], ...] = (
     ort_state.Fail,
@@ -48,17 +48,12 @@ class Backend(Protocol):
 
 
 class OnnxBackend:
-    """One onnxruntime InferenceSession for one graph file."""
+    """One onnxruntime InferenceSession for one graph file, opened and run by `service.onnx_scoring`
+    (the same session settings the export gate and `rlhf eval` use)."""
 
     def __init__(self, model_path: Path, input_names: Sequence[str], intra_op_threads: int = 0) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads  # 0 = onnxruntime default (one per core)
-        options.inter_op_num_threads = 1  # one graph at a time: the batcher serialises runs
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+            self.session = make_session(model_path, intra_op_threads)  # 0 threads = one per core
         except ORT_ERRORS as exc:
             raise BackendLoadError(f"onnxruntime cannot load {model_path}: {exc}") from exc
         graph_inputs = [i.name for i in self.session.get_inputs()]
@@ -78,15 +73,14 @@ class OnnxBackend:
 
     def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         rows = batch["input_ids"].shape[0]
-        feeds = {name: batch[name] for name in self.input_names}
         try:
-            (raw,) = self.session.run([OUTPUT_NAME], feeds)
+            scores = run_scores(self.session, self.input_names, batch)  # float64 [b]
         except ORT_ERRORS as exc:
             raise InferenceFailed(f"onnxruntime failed on a batch of {rows}: {exc}") from exc
-        scores = np.asarray(raw, dtype=np.float64)
-        if scores.size != rows:
-            raise InferenceFailed(f"graph returned shape {scores.shape} for a batch of {rows}")
-        scores = scores.reshape(rows)  # [b] or [b, 1] -> [b]
+        except ValueError as exc:  # reshape: the graph returned other than one score per row
+            raise InferenceFailed(
+                f"graph output does not have one score per row (batch of {rows}): {exc}"
+            ) from exc
         if not np.isfinite(scores).all():
             bad = int((~np.isfinite(scores)).sum())
             raise InferenceFailed(

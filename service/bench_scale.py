@@ -1,14 +1,15 @@
 """`rlhf bench scale`: aggregate throughput of 1 replica against N, behind the client's URL spreading.
 
-    rlhf bench scale --bundle bundles/rm-default --replicas 2 --pairs 1000 --out runs/bench-scale
+    rlhf bench scale --bundle bundles/rm-default --replicas 2 --pairs 400 --rounds 3 --out runs/bench-scale
 
 Each replica is a real `python -m service` process on its own loopback port with one onnxruntime thread
-(RLHF_INTRA_OP_THREADS=1, the container's 1-core request). One `AsyncRewardClient` given every replica's
-URL spreads chunks round-robin over them, as a trainer would. The same pairs (hh-rlhf dialogues, the
-real length mix) are scored by 1, then by 2 ... N replicas in one run, so the printed ratio compares
-like with like. CPU time of each replica, of the load generator (this process) and of the whole
-machine is read from /proc, which says what limits scaling here: on a 2-core machine the client's JSON
-and HTTP work competes with the replicas for the same cores.
+(RLHF_INTRA_OP_THREADS=1, the container's 1-core request). One `AsyncRewardClient` given the replicas'
+URLs spreads chunks round-robin over them, as a trainer would. All N replicas start once; the same
+pairs (hh-rlhf dialogues, the real length mix) are then scored through the first 1, 2 ... N of them,
+rounds interleaved (1, 2, 1, 2 ...) so that other load on a shared machine hits every count alike,
+and the printed ratio compares like with like within one run. CPU time of the replicas, of the load
+generator (this process) and of the whole machine is read from /proc, which shows what limits scaling:
+on a 2-core machine the client's JSON and HTTP work competes with the replicas for the same cores.
 
 Torch-free, loopback only, bounded: every wait has a timeout and the replicas are stopped on exit.
 """
@@ -198,6 +199,7 @@ def warm_up(replicas: Sequence[Replica], pairs: list[tuple[str, str]]) -> None:
 
 
 def measure(
+    used: int,
     replicas: list[Replica],
     pairs: list[tuple[str, str]],
     index: int,
@@ -205,7 +207,8 @@ def measure(
     concurrency: int,
     timeout: float,
 ) -> Round:
-    urls = [r.url for r in replicas]
+    """Score `pairs` through the first `used` replicas; CPU is read for all (the idle ones use ~0)."""
+    urls = [r.url for r in replicas[:used]]
     cpu_before = [process_cpu_seconds(r.process.pid) for r in replicas]
     client_before = time.process_time()
     busy_before, _ = machine_busy_seconds()
@@ -217,7 +220,7 @@ def measure(
         process_cpu_seconds(r.process.pid) - b for r, b in zip(replicas, cpu_before, strict=True)
     )
     return Round(
-        replicas=len(replicas),
+        replicas=used,
         round=index,
         pairs=len(pairs),
         seconds=round(seconds, 3),
@@ -242,15 +245,19 @@ def run_scale(
     timeout: float,
     log_dir: Path,
 ) -> list[Round]:
-    """Score the same pairs with 1, 2 ... max_replicas replicas, `rounds` times each."""
+    """Score the same pairs through 1, 2 ... max_replicas replicas, `rounds` times each.
+
+    All replicas start once; the client is given the first k URLs. Rounds interleave the replica
+    counts (1, 2, 1, 2 ...) so that load from other processes on a shared machine hits both alike.
+    """
     results: list[Round] = []
-    for count in range(1, max_replicas + 1):
-        with running_replicas(count, bundle, threads, precision, log_dir) as replicas:
-            warm_up(replicas, pairs)
-            for index in range(rounds):
-                results.append(measure(replicas, pairs, index, chunk_size, concurrency, timeout))
+    with running_replicas(max_replicas, bundle, threads, precision, log_dir) as replicas:
+        warm_up(replicas, pairs)
+        for index in range(rounds):
+            for used in range(1, max_replicas + 1):
+                results.append(measure(used, replicas, pairs, index, chunk_size, concurrency, timeout))
                 typer.echo(
-                    f"  {count} replica(s), round {index + 1}/{rounds}: {results[-1].pairs_per_s} pairs/s"
+                    f"  {used} replica(s), round {index + 1}/{rounds}: {results[-1].pairs_per_s} pairs/s"
                 )
     return results
 
@@ -301,8 +308,8 @@ def bench_scale_command(
         "bundles/rm-default"
     ),
     replicas: Annotated[int, typer.Option(min=1, max=8, help="largest replica count (1 .. N are run)")] = 2,
-    pairs: Annotated[int, typer.Option(min=16, help="pairs scored per round")] = 1000,
-    rounds: Annotated[int, typer.Option(min=1, help="timed rounds per replica count (median reported)")] = 2,
+    pairs: Annotated[int, typer.Option(min=16, help="pairs scored per round")] = 400,
+    rounds: Annotated[int, typer.Option(min=1, help="timed rounds per replica count (median reported)")] = 3,
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads per replica")] = 1,
     precision: Annotated[str, typer.Option(help="auto | fp32 | int8")] = "auto",
     chunk_size: Annotated[int, typer.Option(min=1, help="pairs per HTTP request")] = 32,
@@ -332,7 +339,7 @@ def bench_scale_command(
             results = run_scale(
                 bundle, texts, replicas, rounds, threads, precision, chunk_size, concurrency, timeout, log_dir
             )
-        except (BenchError, TimeoutError) as exc:
+        except (BenchError, TimeoutError, httpx.HTTPError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
     summary = summarise(results)

@@ -33,7 +33,7 @@ class ServiceSettings(BaseSettings):
         default=0, ge=0, description="onnxruntime intra-op threads; 0 = one per core"
     )
     max_batch_tokens: int = Field(
-        default=16384,
+        default=65536,
         ge=64,
         description="real tokens the batcher gathers per round: the pool it length-sorts",
     )

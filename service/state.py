@@ -105,7 +105,11 @@ class ServiceState:
         if anything fails. Returns (new, previous)."""
         if self.draining:
             raise Draining("the service is draining; reload refused")
-        path = resolve_bundle_path(self.settings.reload_root(), requested)
+        try:
+            path = resolve_bundle_path(self.settings.reload_root(), requested)
+        except ReloadFailed:
+            self.metrics.reloads.labels(result="failed").inc()
+            raise
         async with self._reload_lock:
             previous = self.model
             try:

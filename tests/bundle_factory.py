@@ -144,7 +144,12 @@ def make_tiny_bundle(
             "pad_token_id": 0,
             "input_names": INPUT_NAMES,
             "score": {"mean": score_mean, "std": score_std},
-            "eval": {"dataset": "none", "pairs": 0, "accuracy_fp32": 0.5, "accuracy_int8": 0.5 if int8 else None},
+            "eval": {
+                "dataset": "none",
+                "pairs": 0,
+                "accuracy_fp32": 0.5,
+                "accuracy_int8": 0.5 if int8 else None,
+            },
             "int8": {
                 "shipped": int8 is not None,
                 "reason": "static QDQ (tests)" if int8 else "not built (tests)",

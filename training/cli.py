@@ -21,7 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 # Sub-command registrations: one line per command, the function defined in its own module.
@@ -44,3 +46,12 @@ app.command("serve")(serve_command)
 from service.bench_serve import bench_serve_command  # noqa: E402
 
 bench_app.command("serve")(bench_serve_command)
+from training.demo import demo_command  # noqa: E402
+
+app.command("demo")(demo_command)
+
+if __name__ == "__main__":
+    app()
+from training.reward.train_cli import train_rm_command  # noqa: E402
+
+app.command("train-rm")(train_rm_command)

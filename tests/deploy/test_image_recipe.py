@@ -134,16 +134,19 @@ def test_image_serves_a_bundle_and_its_healthcheck_works(image: Image, tmp_path:
     (cmd,) = runtime.all("CMD")
     (healthcheck,) = runtime.all("HEALTHCHECK")
     probe = healthcheck.exec_form()
-    assert cmd.exec_form() == ["python", "-m", "service"] and probe is not None
+    command = cmd.exec_form()
+    assert command == ["python", "-m", "service"] and probe is not None
     assert shutil.which("python", path=env["PATH"]) == str(image.python)  # PATH puts the venv first
     log = (tmp_path / "service.log").open("w+")
-    process = subprocess.Popen(cmd.exec_form() or [], cwd="/", env=env, stdout=log, stderr=log)
+    process = subprocess.Popen(command, cwd="/", env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=10) as http:
             deadline = time.monotonic() + 60
             while True:
-                assert process.poll() is None, f"service exited: {log.seek(0) or log.read()}"
+                if process.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(f"the service exited with {process.returncode}:\n{log.read()}")
                 try:
                     if http.get("/readyz").status_code == 200:
                         break
@@ -174,3 +177,16 @@ def test_image_serves_a_bundle_and_its_healthcheck_works(image: Image, tmp_path:
             process.kill()
             process.wait(timeout=10)
         log.close()
+
+
+def test_image_without_a_bundle_exits_with_the_reason(image: Image) -> None:
+    """The default BUNDLE_DIR (deploy/no-bundle) holds no model: the container must say so and stop."""
+    runtime = image.dockerfile.stage("runtime")
+    args = dict(a.args.partition("=")[::2] for a in runtime.all("ARG"))
+    env = image.runtime_env(RLHF_BUNDLE=str(ROOT / args["BUNDLE_DIR"]), RLHF_HOST="127.0.0.1", RLHF_PORT="0")
+    (cmd,) = runtime.all("CMD")
+    result = subprocess.run(
+        cmd.exec_form() or [], cwd="/", env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "manifest.json is missing" in result.stderr

@@ -31,7 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 class LiveServer:
     """A real uvicorn server for `app` in a background thread; `.url` is its base URL."""
 
-    def __init__(self, app: FastAPI, settings: ServiceSettings | None = None, wait_ready: bool = True) -> None:
+    def __init__(
+        self, app: FastAPI, settings: ServiceSettings | None = None, wait_ready: bool = True
+    ) -> None:
         self.app = app
         self.settings = settings or app.state.service.settings
         self.wait_ready = wait_ready
@@ -40,7 +42,9 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server: DrainingServer = build_server(self.settings.model_copy(update={"log_level": "warning"}), app)
+        self.server: DrainingServer = build_server(
+            self.settings.model_copy(update={"log_level": "warning"}), app
+        )
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
@@ -80,12 +84,14 @@ class SlowBackend:
         self.delay = delay
         self.input_names = inner.input_names
         self.calls = 0
+        self.rows = 0
 
     def health(self) -> None:
         self.inner.health()
 
     def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         self.calls += 1
+        self.rows += batch["input_ids"].shape[0]
         time.sleep(self.delay)
         return self.inner.score(batch)
 
@@ -128,3 +134,35 @@ def shared_live(bundle_v1: Path) -> Iterator[LiveServer]:
     """One server for read-only tests of a module (saves start-up time)."""
     with LiveServer(create_app(settings_for(bundle_v1))) as server:
         yield server
+
+
+class PlainServer:
+    """Any ASGI app (e.g. a scripted test app) under plain uvicorn on a free port in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> PlainServer:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def dead_url() -> str:
+    """A URL nothing listens on (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -53,6 +53,53 @@ def test_score_returns_each_pair_its_own_score_in_order(shared_live: LiveServer,
     assert all(math.isfinite(s) for s in body["scores"])
 
 
+def test_concurrent_clients_each_get_their_own_scores_in_order(
+    shared_live: LiveServer, bundle_v1: Path
+) -> None:
+    rng = np.random.default_rng(7)
+    words = ["bread", "water", "salt", "yeast", "oven", "sea", "dragon", "tea", "paris", "france", "cake"]
+    requests = [
+        [{"question": " ".join(rng.choice(words, int(rng.integers(0, 30)))), "answer": " ".join(rng.choice(words, int(rng.integers(0, 60))))}
+         for _ in range(int(rng.integers(1, 12)))]
+        for _ in range(16)
+    ]  # fmt: skip
+    expected = [offline_scores(bundle_v1, r) for r in requests]
+    got: dict[int, list[float]] = {}
+
+    def client(k: int) -> None:
+        got[k] = httpx.post(f"{shared_live.url}/score", json={"pairs": requests[k]}, timeout=30).json()[
+            "scores"
+        ]
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, scores in enumerate(expected):
+        np.testing.assert_allclose(got[k], scores, atol=1e-4)
+
+
+def test_a_client_that_leaves_is_not_scored(bundle_v1: Path) -> None:
+    app = create_app(settings_for(bundle_v1, batch_wait_ms=0), backend_factory=slow_factory(0.4))
+    with LiveServer(app) as server:
+        backend = app.state.service.model.backend
+        rows_before = backend.rows
+        blocker = threading.Thread(
+            target=lambda: httpx.post(f"{server.url}/score", json={"pairs": PAIRS[:1]})
+        )
+        blocker.start()
+        threading.Event().wait(0.1)  # the blocker is being scored now
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{server.url}/score", json={"pairs": PAIRS * 3}, timeout=0.15)
+        blocker.join()
+        threading.Event().wait(0.5)
+        assert backend.rows - rows_before == 1  # the 9 pairs of the client that left never ran
+        text = httpx.get(f"{server.url}/metrics").text
+        assert 'rlhf_requests_total{route="/score",status="499"} 1.0' in text
+        assert app.state.service.batcher._admitted_pairs == 0
+
+
 def test_int8_is_served_by_default_when_shipped(shared_live: LiveServer) -> None:
     summary = httpx.get(f"{shared_live.url}/v1/models").json()["data"][0]
     assert summary["precision"] == "int8"
@@ -88,7 +135,11 @@ def test_groups_give_baselines_and_advantages(shared_live: LiveServer) -> None:
     np.testing.assert_allclose(first["advantages"], scores - np.array(loo))
     flat = httpx.post(
         f"{shared_live.url}/score",
-        json={"pairs": [{"question": "How do I bake bread?", "answer": a} for a in request["groups"][0]["answers"]]},
+        json={
+            "pairs": [
+                {"question": "How do I bake bread?", "answer": a} for a in request["groups"][0]["answers"]
+            ]
+        },
     ).json()
     np.testing.assert_allclose(scores, flat["scores"], atol=1e-4)
     assert single["advantages"] == [0.0] and single["leave_one_out_baselines"] == single["scores"]
@@ -98,7 +149,8 @@ def test_get_reward_splits_prompt_from_query(shared_live: LiveServer) -> None:
     prompt = "How do I bake bread?"
     answer = " Mix flour, water, salt and yeast, then bake."
     response = httpx.post(
-        f"{shared_live.url}/get_reward", json={"query": [prompt + answer], "prompts": [prompt], "labels": ["x"]}
+        f"{shared_live.url}/get_reward",
+        json={"query": [prompt + answer], "prompts": [prompt], "labels": ["x"]},
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -128,8 +180,11 @@ def test_metrics_parse_and_carry_the_contract_names(shared_live: LiveServer) -> 
     httpx.post(f"{shared_live.url}/score", json={"pairs": PAIRS})
     text = httpx.get(f"{shared_live.url}/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert CONTRACT_METRICS <= set(families), CONTRACT_METRICS - set(families)
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    missing = CONTRACT_METRICS - set(families)
+    assert not missing, missing
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
     assert samples[("rlhf_ready", ())] == 1
     assert samples[("rlhf_requests_total", (("route", "/score"), ("status", "200")))] >= 1
     assert samples[("rlhf_scored_pairs_total", ())] >= len(PAIRS)
@@ -167,7 +222,9 @@ def test_not_json_is_422(shared_live: LiveServer) -> None:
 
 
 def test_empty_group_is_422(shared_live: LiveServer) -> None:
-    response = httpx.post(f"{shared_live.url}/score/groups", json={"groups": [{"question": "q", "answers": []}]})
+    response = httpx.post(
+        f"{shared_live.url}/score/groups", json={"groups": [{"question": "q", "answers": []}]}
+    )
     assert response.status_code == 422
 
 
@@ -248,7 +305,9 @@ def keyed(bundle_root: Path) -> Iterator[LiveServer]:
 
 @pytest.mark.parametrize("route", ["/score", "/get_reward", "/score/groups"])
 def test_401_without_or_with_wrong_scoring_key(keyed: LiveServer, route: str) -> None:
-    body = {"/score": {"pairs": PAIRS}, "/get_reward": {"query": ["q a"]}, "/score/groups": {"groups": []}}[route]
+    body = {"/score": {"pairs": PAIRS}, "/get_reward": {"query": ["q a"]}, "/score/groups": {"groups": []}}[
+        route
+    ]
     missing = httpx.post(f"{keyed.url}{route}", json=body)
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "unauthorized"
     assert missing.headers["www-authenticate"] == "Bearer"
@@ -265,7 +324,9 @@ def test_401_without_or_with_wrong_scoring_key(keyed: LiveServer, route: str) ->
 def test_401_admin_key(keyed: LiveServer) -> None:
     body = {"bundle": "rm-v1"}
     assert httpx.post(f"{keyed.url}/admin/reload", json=body).status_code == 401
-    scoring_key = httpx.post(f"{keyed.url}/admin/reload", json=body, headers={"Authorization": "Bearer score-key"})
+    scoring_key = httpx.post(
+        f"{keyed.url}/admin/reload", json=body, headers={"Authorization": "Bearer score-key"}
+    )
     assert scoring_key.status_code == 401
     ok = httpx.post(f"{keyed.url}/admin/reload", json=body, headers={"Authorization": "Bearer admin-key"})
     assert ok.status_code == 200, ok.text
@@ -283,7 +344,9 @@ def test_429_with_retry_after_when_queue_is_full(bundle_v1: Path) -> None:
         results: list[int] = []
 
         def occupy() -> None:
-            results.append(httpx.post(f"{server.url}/score", json={"pairs": PAIRS[:3]}, timeout=10).status_code)
+            results.append(
+                httpx.post(f"{server.url}/score", json={"pairs": PAIRS[:3]}, timeout=10).status_code
+            )
 
         holder = threading.Thread(target=occupy)
         holder.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,7 +74,7 @@ def test_plan_subbatches_respects_pairs_and_padded_tokens() -> None:
     for lengths in ([3] * 17, list(range(1, 40)), [7, 7, 90, 91, 300]):
         runs = plan_subbatches(lengths, 5, 200)
         assert runs[0][0] == 0 and runs[-1][1] == len(lengths)
-        assert all(a[1] == b[0] for a, b in zip(runs, runs[1:], strict=False))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(runs))
         for start, end in runs:
             assert end - start <= 5
             assert end - start == 1 or (end - start) * lengths[end - 1] <= 200
@@ -102,7 +103,7 @@ def test_concurrent_requests_get_their_own_scores_in_order(bundle_v1: Path, prec
         np.testing.assert_allclose(scores, expected[request], atol=1e-4)  # batch independence, ≤ 1e-4
     shapes = model.backend.shapes  # type: ignore[attr-defined]
     assert max(b for b, _ in shapes) > 1, "requests were never batched together"
-    assert all(b <= 4 and b * s <= 1024 or b == 1 for b, s in shapes)
+    assert all((b <= 4 and b * s <= 1024) or b == 1 for b, s in shapes)
 
 
 def test_sub_batches_are_length_sorted(bundle_v1: Path) -> None:

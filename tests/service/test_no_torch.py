@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_service_module_imports_without_torch() -> None:
     modules = sorted(f"service.{m.name}" for m in pkgutil.iter_modules(service.__path__))
-    assert {"service.app", "service.batcher", "service.client", "service.cli", "service.bench_serve"} <= set(modules)
+    assert {"service.app", "service.batcher", "service.client", "service.cli", "service.bench_serve"} <= set(
+        modules
+    )
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
@@ -22,5 +24,7 @@ def test_every_service_module_imports_without_torch() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'training'))\n"
         "print(len(sys.modules)); assert not bad, bad\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr

@@ -67,6 +67,8 @@ def train_policy_command(
         str | None, typer.Option("--api-key", envvar="RLHF_API_KEY", help=H["api_key"], show_default=False)
     ] = None,
     request_timeout: Annotated[float, typer.Option(help=H["request_timeout"])] = D.request_timeout,
+    max_retries: Annotated[int, typer.Option(help=H["max_retries"])] = D.max_retries,
+    max_prompt_tokens: Annotated[int, typer.Option(help=H["max_prompt_tokens"])] = D.max_prompt_tokens,
 ) -> None:
     """Optimise a causal LM by policy gradient against the scoring service's rewards."""
     from training.policy.errors import PolicyTrainingError
@@ -77,6 +79,7 @@ def train_policy_command(
     try:
         config = PolicyConfig(
             service_urls=list(service), api_key=api_key, request_timeout=request_timeout,
+            max_retries=max_retries, max_prompt_tokens=max_prompt_tokens,
             reward_key=reward_key, max_failed_fraction=max_failed_fraction,
             allow_model_change=allow_model_change, model=model, gguf_file=gguf_file, device=device,
             full_finetune=full_finetune, lora_r=lora_r, lora_alpha=lora_alpha,

@@ -68,6 +68,11 @@ class Policy:
         else:
             raise RuntimeError("full fine-tuning without a frozen reference: load with keep_reference=True")
 
+    @property
+    def has_reference(self) -> bool:
+        """False only for full fine-tuning loaded without a frozen copy (no KL penalty asked for)."""
+        return self.is_lora or self.frozen_reference is not None
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 

@@ -132,10 +132,11 @@ async def _close(client: Any) -> None:
 
 def train(config: PolicyConfig, policy: Policy | None = None, client: Any = None) -> dict[str, Any]:
     """Run the whole job (blocking); returns the summary also written to ``out/summary.json``."""
-    return asyncio.run(_train(config, policy, client))
+    return asyncio.run(train_async(config, policy, client))
 
 
-async def _train(config: PolicyConfig, policy: Policy | None, client: Any) -> dict[str, Any]:
+async def train_async(config: PolicyConfig, policy: Policy | None = None, client: Any = None) -> dict[str, Any]:
+    """The job inside a running event loop; a client passed in is used as is and not closed."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)

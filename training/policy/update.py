@@ -10,6 +10,7 @@ AdamW step per pass. Rows whose reward could not be fetched are masked out, neve
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from training.policy.rollout import Group
 @dataclass
 class UpdateStats:
     loss: float
-    kl: float  # mean over usable answers of sum_t (logp - logp_ref): KL(pi || ref) estimate per answer
+    kl: float  # NaN without a reference; else mean over usable answers of sum_t (logp - logp_ref): KL(pi || ref) estimate per answer
     kl_per_token: float
     entropy: float  # mean next-token entropy over the answers' tokens (nats)
     clip_fraction: float
@@ -63,7 +64,11 @@ def policy_update(
     t_max = max(g.actions.shape[1] for g in groups)
     mask = torch.cat([_pad_to(g.mask, t_max, False) for g in groups])  # [B, T]
     old_logp = torch.cat([_pad_to(g.logprobs, t_max) for g in groups])  # [B, T]
-    ref_logp = torch.cat([_pad_to(x, t_max) for x in reference_logprobs(policy, groups, config.temperature)])
+    if policy.has_reference:
+        ref_parts = reference_logprobs(policy, groups, config.temperature)
+        ref_logp = torch.cat([_pad_to(x, t_max) for x in ref_parts])  # [B, T]
+    else:  # full fine-tuning without KL penalty: no frozen copy was kept, KL is not measured
+        ref_logp = old_logp
 
     # rewards -> returns -> advantages
     valid = estimators.valid_rows(seq_rewards)
@@ -78,10 +83,12 @@ def policy_update(
 
     n_usable = int(usable.sum())
     adv_mean = estimators.masked_mean(adv, loss_mask)
+    kl = float(kl_rows[usable].mean()) if n_usable else float(kl_rows.mean())
+    kl_token = float(estimators.masked_mean(old_logp - ref_logp, mask))
     stats = UpdateStats(
         loss=0.0,
-        kl=float(kl_rows[usable].mean()) if n_usable else float(kl_rows.mean()),
-        kl_per_token=float(estimators.masked_mean(old_logp - ref_logp, mask)),
+        kl=kl if policy.has_reference else math.nan,
+        kl_per_token=kl_token if policy.has_reference else math.nan,
         entropy=0.0,
         clip_fraction=0.0,
         grad_norm=0.0,

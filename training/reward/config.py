@@ -94,6 +94,12 @@ class RewardConfig:
         default=0, metadata={"help": "Batches per length-sorted group (0 = sort all pairs by length)."}
     )
 
+    # the service normalises scores with their train-split mean/std; 512 pairs (1,024 scores) pin
+    # both to a few percent at a fraction of a full pass's cost; 0 = every training pair
+    score_stats_pairs: int = field(
+        default=512, metadata={"help": "Training pairs scored for the score mean/std (0 = all)."}
+    )
+
     # -- bookkeeping ----------------------------------------------------------------------------------
     # validation costs a forward pass over the val split; ~4 evaluations per default run
     eval_every: int = field(default=30, metadata={"help": "Validate every N optimizer steps (0 = end only)."})
@@ -121,6 +127,7 @@ class RewardConfig:
             "eval_every": self.eval_every >= 0,
             "checkpoint_every": self.checkpoint_every >= 0,
             "num_workers": self.num_workers >= 0,
+            "score_stats_pairs": self.score_stats_pairs >= 0,
             "max_length": self.max_length >= 8,
             "min_question_tokens": 0 <= self.min_question_tokens < self.max_length // 2,
         }
@@ -158,5 +165,5 @@ def field_help(name: str) -> str:
     for f in fields(RewardConfig):
         if f.name == name:
             default = "embedded MiniLM" if name == "base_model" else f.default
-            return f"{f.metadata['help']} [default: {default}]"
+            return f"{f.metadata['help']} (default: {default})"
     raise KeyError(name)

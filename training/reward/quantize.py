@@ -20,6 +20,8 @@ head reads its output directly. The pooler and classifier Gemms, LayerNorms and 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -140,18 +142,19 @@ def quantize_int8(
         model = onnx.load(str(prepared))
         graph_inputs = {i.name for i in model.graph.input}
         batches = [{k: v for k, v in b.items() if k in graph_inputs} for b in calibration_batches]
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            BatchReader(batches),
-            quant_format=QuantFormat.QDQ,
-            per_channel=recipe.per_channel,
-            reduce_range=recipe.reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(recipe.op_types),
-            nodes_to_exclude=fp32_node_names(model, recipe),
-            calibrate_method=_METHODS[recipe.calibration],
-            extra_options={"CalibStridedMinMax": 1, "CalibPercentile": recipe.percentile},
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints per batch
+            quantize_static(
+                str(prepared),
+                str(out_path),
+                BatchReader(batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(recipe.op_types),
+                nodes_to_exclude=fp32_node_names(model, recipe),
+                calibrate_method=_METHODS[recipe.calibration],
+                extra_options={"CalibStridedMinMax": 1, "CalibPercentile": recipe.percentile},
+            )
     return recipe.describe()

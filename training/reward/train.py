@@ -127,6 +127,7 @@ def train(
     optimizer = torch.optim.AdamW(_param_groups(raw_model, config.weight_decay), lr=config.lr)
     if ckpt:
         optimizer.load_state_dict(ckpt.state["optimizer"])
+        torch.set_rng_state(ckpt.state["rng_cpu"])
     model: torch.nn.Module = raw_model
     if env.world > 1:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
@@ -290,7 +291,13 @@ def _validate(
 def _score_stats(
     model: Any, encoder: PairEncoder, pairs: list[PreferencePair], config: RewardConfig, device: torch.device
 ) -> dict[str, float]:
-    """Mean/std of the trained model's scores over the train split (both answers): the service's normaliser."""
+    """Mean/std of the trained model's scores over the train split (both answers): the service's normaliser.
+
+    A seeded sample of ``config.score_stats_pairs`` pairs when the split is larger.
+    """
+    if config.score_stats_pairs and len(pairs) > config.score_stats_pairs:
+        keep = np.random.default_rng(config.seed).choice(len(pairs), config.score_stats_pairs, replace=False)
+        pairs = [pairs[i] for i in sorted(keep.tolist())]
     questions = [p.question for p in pairs] * 2
     answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     scores = score_pairs(model, encoder, questions, answers, config.batch_size * 2, device)

