@@ -271,15 +271,18 @@ class Summary:
     replica_cpu_cores: dict[int, float]
     client_cpu_cores: dict[int, float]
     machine_busy_cores: dict[int, float]
+    pairs_per_replica_cpu_s: dict[int, float]  # throughput per CPU second the replicas actually got
     cpu_count: int | None
 
     def table(self) -> str:
-        lines = ["replicas  pairs/s  speedup  replica-cores  client-cores  other-processes-cores"]
+        lines = [
+            "replicas  pairs/s  speedup  pairs/replica-cpu-s  replica-cores  client-cores  other-processes-cores"
+        ]
         for n, value in self.pairs_per_s.items():
             other = self.machine_busy_cores[n] - self.replica_cpu_cores[n] - self.client_cpu_cores[n]
             lines.append(
-                f"{n:>8}  {value:>7.1f}  {self.speedup_vs_1[n]:>6.2f}x  {self.replica_cpu_cores[n]:>13.2f}"
-                f"  {self.client_cpu_cores[n]:>12.2f}  {max(other, 0.0):>21.2f}"
+                f"{n:>8}  {value:>7.1f}  {self.speedup_vs_1[n]:>6.2f}x  {self.pairs_per_replica_cpu_s[n]:>19.1f}"
+                f"  {self.replica_cpu_cores[n]:>13.2f}  {self.client_cpu_cores[n]:>12.2f}  {max(other, 0.0):>21.2f}"
             )
         return "\n".join(lines)
 
@@ -299,6 +302,10 @@ def summarise(results: list[Round]) -> Summary:
         replica_cpu_cores=median("replica_cpu_cores"),
         client_cpu_cores=median("client_cpu_cores"),
         machine_busy_cores=median("machine_busy_cores"),
+        pairs_per_replica_cpu_s={
+            n: round(statistics.median(r.pairs_per_s / max(r.replica_cpu_cores, 1e-9) for r in rs), 1)
+            for n, rs in by_count.items()
+        },
         cpu_count=os.cpu_count(),
     )
 

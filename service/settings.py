@@ -43,6 +43,12 @@ class ServiceSettings(BaseSettings):
         ge=64,
         description="padded tokens per onnxruntime run; long pairs go in smaller sub-batches",
     )
+    max_padding_ratio: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="a sub-batch is cut before padding exceeds this share of its tokens (padding is waste)",
+    )
     batch_wait_ms: float = Field(
         default=4.0,
         ge=0,

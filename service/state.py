@@ -59,6 +59,7 @@ class ServiceState:
             subbatch_tokens=settings.subbatch_tokens,
             batch_wait_s=settings.batch_wait_ms / 1000.0,
             retry_after_s=settings.retry_after_seconds,
+            max_padding_ratio=settings.max_padding_ratio,
         )
         self.model: LoadedModel | None = None
         self.load_error: str | None = None if settings.bundle else "no bundle configured (set RLHF_BUNDLE)"

@@ -50,8 +50,12 @@ from training.demo import demo_command  # noqa: E402
 
 app.command("demo")(demo_command)
 
-if __name__ == "__main__":
-    app()
 from training.reward.train_cli import train_rm_command  # noqa: E402
 
 app.command("train-rm")(train_rm_command)
+from training.reward.bench_train import bench_train_command  # noqa: E402
+
+bench_app.command("train")(bench_train_command)
+
+if __name__ == "__main__":
+    app()

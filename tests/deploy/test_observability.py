@@ -2,9 +2,9 @@
 
 A dashboard panel or an alert on a misspelt metric shows "no data" forever and never fires, without any
 error. So every PromQL expression in deploy/prometheus/alerts.yml and deploy/grafana/dashboards/*.json
-is parsed (promql-parser, the Rust PromQL parser from PyPI; promtool is not installable here) and each
-selector is checked against the metrics of `service.metrics.ServiceMetrics`, which must themselves
-match the names of the team's service contract.
+is parsed (promql-parser, a PromQL parser from PyPI, so this stays a fast test) and each selector is
+checked against the metrics of `service.metrics.ServiceMetrics`, which must themselves match the
+names of the team's service contract. Prometheus' own promtool runs in test_alert_rules.py.
 """
 
 from __future__ import annotations

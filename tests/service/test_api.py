@@ -258,6 +258,7 @@ def test_413_body_bytes_with_content_length(limited: LiveServer) -> None:
     response = httpx.post(f"{limited.url}/score", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "payload_too_large"
+    assert response.headers["x-model-version"] == "1"  # every response names the model, errors too
 
 
 def test_413_chunked_body_without_content_length(limited: LiveServer) -> None:
@@ -311,6 +312,7 @@ def test_401_without_or_with_wrong_scoring_key(keyed: LiveServer, route: str) ->
     missing = httpx.post(f"{keyed.url}{route}", json=body)
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "unauthorized"
     assert missing.headers["www-authenticate"] == "Bearer"
+    assert missing.headers["x-model-name"] == "tiny-rm"
     wrong = httpx.post(f"{keyed.url}{route}", json=body, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     admin_key_is_not_a_scoring_key = httpx.post(
@@ -392,3 +394,15 @@ def test_503_when_the_configured_bundle_is_corrupt(tmp_path: Path) -> None:
             threading.Event().wait(0.02)
         assert ready.status_code == 503
         assert "corrupt" in ready.json()["error"]["message"]
+
+
+def test_split_query_and_group_baselines_by_hand() -> None:
+    from service.api import group_baselines, split_query
+
+    assert split_query("Q: hi A: hello", "Q: hi") == ("Q: hi", " A: hello")
+    assert split_query("something else", "Q: hi") == ("Q: hi", "something else")  # not a prefix: whole query
+    assert split_query("only a query", "") == ("", "only a query")
+    mean, loo = group_baselines(np.array([1.0, 2.0, 6.0]))
+    assert mean == 3.0 and loo.tolist() == [4.0, 3.5, 1.5]
+    mean, loo = group_baselines(np.array([5.0]))
+    assert mean == 5.0 and loo.tolist() == [5.0]

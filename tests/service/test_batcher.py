@@ -71,13 +71,18 @@ def test_plan_subbatches_respects_pairs_and_padded_tokens() -> None:
     assert plan_subbatches([5, 5, 5, 5, 5], 4, 1000) == [(0, 4), (4, 5)]
     assert plan_subbatches([10, 20, 30, 40], 8, 60) == [(0, 2), (2, 3), (3, 4)]  # 2*20 ok, 2*30 > 60? no: =60
     assert plan_subbatches([100, 200], 8, 50) == [(0, 1), (1, 2)]  # a row over budget runs alone
+    # padding cut: [10, 11, 12] pads 3 of 36; adding 50 would pad 117 of 200 (> 20 %)
+    assert plan_subbatches([10, 11, 12, 50, 52], 8, 1000, 0.2) == [(0, 3), (3, 5)]
+    assert plan_subbatches([10, 11, 12, 50, 52], 8, 1000) == [(0, 5)]  # no padding limit
+    assert plan_subbatches([5, 100, 500], 8, 10_000, 0.0) == [(0, 1), (1, 2), (2, 3)]
     for lengths in ([3] * 17, list(range(1, 40)), [7, 7, 90, 91, 300]):
-        runs = plan_subbatches(lengths, 5, 200)
+        runs = plan_subbatches(lengths, 5, 200, 0.3)
         assert runs[0][0] == 0 and runs[-1][1] == len(lengths)
         assert all(a[1] == b[0] for a, b in itertools.pairwise(runs))
         for start, end in runs:
+            padded = (end - start) * lengths[end - 1]
             assert end - start <= 5
-            assert end - start == 1 or (end - start) * lengths[end - 1] <= 200
+            assert end - start == 1 or (padded <= 200 and padded - sum(lengths[start:end]) <= 0.3 * padded)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -54,6 +54,7 @@ def test_summary_takes_medians_and_ratios() -> None:
     assert summary.pairs_per_s == {1: 100.0, 2: 160.0}
     assert summary.speedup_vs_1 == {1: 1.0, 2: 1.6}
     assert summary.replica_cpu_cores == {1: 0.9, 2: 1.8}
+    assert summary.pairs_per_replica_cpu_s == {1: 111.1, 2: 88.9}  # median of 100/0.9, 150/1.8 ...
     assert "1.60x" in summary.table()
 
 

@@ -14,21 +14,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _tiny_model_dir(path: Path) -> Path:
+    import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     from training.reward.model import default_base_model, tokenizer_json_path
 
-    import torch
-
     tokenizer_json = tokenizer_json_path(default_base_model())
     vocab = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, num_labels=1,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
     )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(path)
-    shutil.copyfile(tokenizer_json, path / "tokenizer.json")
+    # the fast tokenizer plus the files AutoTokenizer reads (special tokens), for the TRL bench test
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (tokenizer_json.parent / name).is_file():
+            shutil.copyfile(tokenizer_json.parent / name, path / name)
     return path
 
 
@@ -40,12 +47,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def learnable_rows(n: int) -> list[dict[str, str]]:
     """Explicit question/chosen/rejected rows with an easy signal (polite vs rude answers)."""
-    good = ["Sure, happy to help with that.", "Here is a careful, safe answer.", "Thanks for asking, here you go."]
+    good = [
+        "Sure, happy to help with that.",
+        "Here is a careful, safe answer.",
+        "Thanks for asking, here you go.",
+    ]
     bad = ["No. Go away.", "That is stupid, figure it out.", "I hate this question."]
     rows = []
     for i in range(n):
         question = f"\n\nHuman: question number {i} about topic {i % 7}?\n\nAssistant:"
-        rows.append({"question": question, "chosen": good[i % 3] + f" ({i})", "rejected": bad[i % 3] + f" ({i})"})
+        rows.append(
+            {"question": question, "chosen": good[i % 3] + f" ({i})", "rejected": bad[i % 3] + f" ({i})"}
+        )
     return rows
 
 
@@ -64,9 +77,18 @@ def tiny_config(model_dir: Path, data: Path, **overrides: object):  # -> RewardC
     from training.reward.config import RewardConfig
 
     values: dict[str, object] = {
-        "base_model": str(model_dir), "data": str(data), "max_length": 48, "min_question_tokens": 8,
-        "batch_size": 8, "lr": 2e-3, "warmup_ratio": 0.0, "val_fraction": 0.25, "eval_every": 0,
-        "checkpoint_every": 0, "max_steps": 6, "device": "cpu",
+        "base_model": str(model_dir),
+        "data": str(data),
+        "max_length": 48,
+        "min_question_tokens": 8,
+        "batch_size": 8,
+        "lr": 1e-2,
+        "warmup_ratio": 0.0,
+        "val_fraction": 0.25,
+        "eval_every": 0,
+        "checkpoint_every": 0,
+        "max_steps": 6,
+        "device": "cpu",
     }
     values.update(overrides)
     return RewardConfig(**values)  # type: ignore[arg-type]

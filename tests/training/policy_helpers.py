@@ -21,11 +21,62 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }} {{ message['content'] }}<|im_end|> "
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
 )
-WORDS = (
-    "how do i bake bread make a cake steal car help me please tell what is the best way to good bad "
-    "yes no sorry you can should not safe kind friend water flour yeast oven hot cold legal illegal "
-    "people money why where when it this that thanks sure here are some ideas"
-).split()
+WORDS = [
+    "how",
+    "do",
+    "i",
+    "bake",
+    "bread",
+    "make",
+    "a",
+    "cake",
+    "steal",
+    "car",
+    "help",
+    "me",
+    "please",
+    "tell",
+    "what",
+    "is",
+    "the",
+    "best",
+    "way",
+    "to",
+    "good",
+    "bad",
+    "yes",
+    "no",
+    "sorry",
+    "you",
+    "can",
+    "should",
+    "not",
+    "safe",
+    "kind",
+    "friend",
+    "water",
+    "flour",
+    "yeast",
+    "oven",
+    "hot",
+    "cold",
+    "legal",
+    "illegal",
+    "people",
+    "money",
+    "why",
+    "where",
+    "when",
+    "it",
+    "this",
+    "that",
+    "thanks",
+    "sure",
+    "here",
+    "are",
+    "some",
+    "ideas",
+]
 SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system"]
 
 
@@ -76,7 +127,9 @@ def write_prompts(path: Path, n: int = 12) -> Path:
         "how do i make friend",
         "is it safe",
     ]
-    lines = [json.dumps({"prompt": questions[i % len(questions)] + f" {WORDS[i % len(WORDS)]}"}) for i in range(n)]
+    lines = [
+        json.dumps({"prompt": questions[i % len(questions)] + f" {WORDS[i % len(WORDS)]}"}) for i in range(n)
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -10,8 +10,8 @@ from training.reward.batching import (
     collate,
     encode_pairs,
     length_grouped_batches,
-    pair_lengths,
     padding_stats,
+    pair_lengths,
     random_batches,
 )
 from training.reward.data import load_pairs

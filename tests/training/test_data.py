@@ -59,7 +59,10 @@ def test_hh_jsonl_counts_mismatched_questions(tmp_path: Path, gz: bool) -> None:
 
 
 def test_explicit_jsonl(tmp_path: Path) -> None:
-    rows = [{"question": "q1", "chosen": "a", "rejected": "b", "extra": 1}, {"question": "q2", "chosen": "c", "rejected": "d"}]
+    rows = [
+        {"question": "q1", "chosen": "a", "rejected": "b", "extra": 1},
+        {"question": "q2", "chosen": "c", "rejected": "d"},
+    ]
     report = load_pairs(_write(tmp_path / "e.jsonl", [json.dumps(r) for r in rows]))
     assert report.pairs == [PreferencePair("q1", "a", "b"), PreferencePair("q2", "c", "d")]
     assert report.skipped == 0
@@ -72,8 +75,13 @@ def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_missing_key_names_line(tmp_path: Path) -> None:
-    path = _write(tmp_path / "m.jsonl", [json.dumps({"question": "q", "chosen": "a", "rejected": "b"}),
-                                         json.dumps({"question": "q", "chosen": "a"})])
+    path = _write(
+        tmp_path / "m.jsonl",
+        [
+            json.dumps({"question": "q", "chosen": "a", "rejected": "b"}),
+            json.dumps({"question": "q", "chosen": "a"}),
+        ],
+    )
     with pytest.raises(DataError, match=r"m\.jsonl:2: missing key\(s\) \['rejected'\]"):
         load_pairs(path)
 
@@ -139,9 +147,11 @@ def test_load_run_split_recreates_split(tmp_path: Path, pairs_file: Path) -> Non
 
     run = tmp_path / "run" / "final"
     run.mkdir(parents=True)
-    RewardConfig(base_model="unused", data=str(pairs_file), val_fraction=0.25, seed=7).save(run / "reward_config.json")
+    RewardConfig(base_model="unused", data=str(pairs_file), val_fraction=0.25, seed=7).save(
+        run / "reward_config.json"
+    )
     expected = split_pairs(load_pairs(pairs_file).pairs, 0.25, 7)
     assert load_run_split(tmp_path / "run") == expected
     assert load_run_split(run) == expected
-    with pytest.raises(DataError, match="no reward_config.json"):
+    with pytest.raises(DataError, match=r"no reward_config\.json"):
         load_run_split(tmp_path)

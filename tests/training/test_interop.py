@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +17,9 @@ from training.policy.interop import ServiceRewardFunction, completion_to_answer,
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("interop") / "rm", version="7", score_mean=1.0, score_std=2.0)
+    bundle = make_tiny_bundle(
+        tmp_path_factory.mktemp("interop") / "rm", version="7", score_mean=1.0, score_std=2.0
+    )
     with LiveServer(create_app(settings_for(bundle))) as server:
         yield server
 
@@ -27,7 +28,9 @@ def _call_like_trl(func: ServiceRewardFunction, prompts: list, completions: list
     """Exactly how TRL 1.x GRPOTrainer._calculate_rewards calls a plain-function reward."""
     reward_kwargs = {"ground_truth": ["x"] * len(prompts), "trainer_state": None, "log_extra": None,
                      "log_metric": None}  # fmt: skip
-    return func(prompts=prompts, completions=completions, completion_ids=[[1, 2]] * len(prompts), **reward_kwargs)
+    return func(
+        prompts=prompts, completions=completions, completion_ids=[[1, 2]] * len(prompts), **reward_kwargs
+    )
 
 
 def test_trl_reward_function_standard_and_conversational_formats(service: LiveServer) -> None:

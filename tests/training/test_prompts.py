@@ -83,11 +83,31 @@ def test_default_prompts_are_questions_the_reward_model_did_not_train_on() -> No
 
 def test_prompt_sets_filter_long_prompts_and_hold_out_eval() -> None:
     prompts = [Prompt((("user", "w " * n),), f"q{n}") for n in range(1, 21)]
-    sets = build_prompt_sets(prompts, lambda p: len(p.messages[0][1].split()), max_tokens=15, n_eval=4, seed=0)
+    sets = build_prompt_sets(
+        prompts, lambda p: len(p.messages[0][1].split()), max_tokens=15, n_eval=4, seed=0
+    )
     assert sets.skipped_too_long == 5
     assert len(sets.eval) == 4 and len(sets.train) == 11
     assert not {p.question for p in sets.eval} & {p.question for p in sets.train}
-    again = build_prompt_sets(prompts, lambda p: len(p.messages[0][1].split()), max_tokens=15, n_eval=4, seed=0)
+    again = build_prompt_sets(
+        prompts, lambda p: len(p.messages[0][1].split()), max_tokens=15, n_eval=4, seed=0
+    )
     assert again.eval == sets.eval  # deterministic
     with pytest.raises(PromptError, match="longer than max_prompt_tokens"):
         build_prompt_sets(prompts, lambda p: 99, max_tokens=15, n_eval=4, seed=0)
+
+
+def test_reward_run_dir_gives_its_own_validation_split(tmp_path: Path) -> None:
+    """A run trained with another seed / val_fraction holds out other questions: the policy uses those."""
+    from training.reward.config import CONFIG_NAME
+
+    config = RewardConfig(val_fraction=0.2, seed=5)
+    (tmp_path / "final").mkdir()
+    config.save(tmp_path / "final" / CONFIG_NAME)
+    train, val = split_pairs(load_pairs().pairs, 0.2, 5)
+    held_out = heldout_questions(tmp_path)
+    assert set(held_out) <= {p.question for p in val}
+    assert not {p.question for p in train}.intersection(held_out)
+    assert set(held_out) != set(heldout_questions())
+    with pytest.raises(PromptError):
+        heldout_questions(tmp_path / "missing")

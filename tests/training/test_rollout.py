@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -45,7 +43,9 @@ def test_trajectory_structure_matches_a_recomputation(policy: Policy, prompts: l
     prompt_ids = encode_prompt(policy, prompts[0])
     assert torch.equal(group.prompt_ids, prompt_ids)
     # the sampler's log-probs equal a fresh forward pass over prompt + answer (same policy, same temperature)
-    recomputed, _ = action_logprobs(policy.model, group.prompt_ids, group.actions, group.mask, temperature=0.8)
+    recomputed, _ = action_logprobs(
+        policy.model, group.prompt_ids, group.actions, group.mask, temperature=0.8
+    )
     assert torch.allclose(recomputed.detach(), group.logprobs, atol=1e-4)
     assert (group.logprobs[group.mask] < 0).all() and (group.logprobs[~group.mask] == 0).all()
     eos = policy.eos_token_ids[0]

@@ -14,13 +14,14 @@ from typing import Annotated
 
 import typer
 
+from service.schemas import ScoreRequest  # module level: FastAPI resolves the route's annotation here
+
 
 def build_app(model_dir: str, threads: int, max_length: int):  # type: ignore[no-untyped-def]
     import torch
     from fastapi import FastAPI
     from transformers import AutoTokenizer
 
-    from service.schemas import ScoreRequest
     from training.reward.model import load_reward_model
 
     torch.set_num_threads(threads)

@@ -74,6 +74,7 @@ def train_policy_command(
     from training.policy.errors import PolicyTrainingError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scoring request is noise
     if estimator not in ESTIMATORS:
         raise typer.BadParameter(f"--estimator must be one of {', '.join(ESTIMATORS)}")
     try:

@@ -73,7 +73,9 @@ class PolicyConfig:
     reward_run: str | None = _f(None, "Reward-model run dir: its validation split gives the default prompts.")
     eval_prompts: int = _f(16, "Held-out prompts for the before/after evaluation (never trained on).")
     eval_samples: int = _f(2, "Fixed-seed samples per evaluation prompt.")
-    max_prompt_tokens: int = _f(256, "Prompts longer than this (chat template applied) are skipped, counted.")
+    max_prompt_tokens: int = _f(
+        192, "Longer prompts (chat template applied) are skipped and counted; 192 keeps most hh questions."
+    )
     # --- sampling
     k: int = _f(4, "Answers per prompt; RLOO and group_norm need at least 2.")
     prompts_per_step: int = _f(4, "Prompts per step; a step trains on prompts_per_step * k answers.")

@@ -101,6 +101,8 @@ def load_policy(config: PolicyConfig, keep_reference: bool | None = None) -> Pol
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{name}: the tokenizer has no chat template; an instruction-tuned model is needed")
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
+    if gguf:
+        _forget_gguf_quantizer(model)
     device = torch.device(config.device)
     model.to(device)  # type: ignore[arg-type]
     if config.full_finetune:
@@ -109,6 +111,16 @@ def load_policy(config: PolicyConfig, keep_reference: bool | None = None) -> Pol
         model.train()
         return Policy(model, tokenizer, device, is_lora=False, frozen_reference=reference)
     return Policy(add_lora(model, config), tokenizer, device, is_lora=True)
+
+
+def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
+    """transformers de-quantises GGUF tensors to float32 on load but keeps a GGUF "quantizer" marker that
+    makes save_pretrained refuse (GGUF is not serialisable). The weights are plain float tensors, so
+    the marker is dropped: adapters merge into them and the merged model saves as safetensors."""
+    for attribute, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
+        setattr(model, attribute, value)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def add_lora(model: PreTrainedModel, config: PolicyConfig) -> PreTrainedModel:

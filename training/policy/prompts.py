@@ -135,15 +135,28 @@ def _reward_split(reward_run: Path | None) -> tuple[Sequence[PreferencePair], Se
     if reward_run is not None:
         import training.reward.train as reward_train
 
-        load_run_split = getattr(reward_train, "load_run_split", None)  # helper of the reward package
-        if load_run_split is None:
-            raise PromptError("training.reward.train has no load_run_split: pass --prompts FILE instead")
-        train, val = load_run_split(reward_run)
-        return train, val
+        load_run_split = getattr(reward_train, "load_run_split", None)  # the reward package's own reader
+        if load_run_split is not None:
+            train, val = load_run_split(reward_run)
+            return train, val
+        return _split_from_saved_config(reward_run)
     from training.reward.config import RewardConfig
 
     defaults = RewardConfig()
     return split_pairs(load_pairs().pairs, defaults.val_fraction, defaults.seed)
+
+
+def _split_from_saved_config(reward_run: Path) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Recreate a reward run's split from its saved RewardConfig (data, val_fraction, seed)."""
+    from training.reward.config import CONFIG_NAME, RewardConfig
+
+    candidates = [reward_run / CONFIG_NAME, reward_run / "final" / CONFIG_NAME]
+    candidates += sorted(reward_run.glob(f"*/{CONFIG_NAME}"))
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise PromptError(f"{reward_run}: no {CONFIG_NAME} found; is this a reward-model run directory?")
+    config = RewardConfig.load(found)
+    return split_pairs(load_pairs(config.data).pairs, config.val_fraction, config.seed)
 
 
 @dataclass

@@ -135,7 +135,9 @@ def train(config: PolicyConfig, policy: Policy | None = None, client: Any = None
     return asyncio.run(train_async(config, policy, client))
 
 
-async def train_async(config: PolicyConfig, policy: Policy | None = None, client: Any = None) -> dict[str, Any]:
+async def train_async(
+    config: PolicyConfig, policy: Policy | None = None, client: Any = None
+) -> dict[str, Any]:
     """The job inside a running event loop; a client passed in is used as is and not closed."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -53,9 +53,8 @@ def length_grouped_batches(
     group = group_batches * batch_size if group_batches > 0 else max(len(lengths), 1)
     batches: list[list[int]] = []
     for start in range(0, len(order), group):
-        members = order[start : start + group]
         # stable sort keeps the shuffled order among equal lengths, so ties differ per epoch
-        members = sorted(members.tolist(), key=lambda i: lengths[i], reverse=True)
+        members = sorted(order[start : start + group].tolist(), key=lambda i: lengths[i], reverse=True)
         batches.extend(members[k : k + batch_size] for k in range(0, len(members), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
 
@@ -74,7 +73,9 @@ def collate(
     return pad_batch(rows, pad_token_id)  # each value: int64 [2B, longest of the 2B sequences]
 
 
-def padding_stats(batches: Sequence[Sequence[int]], lengths_chosen: Sequence[int], lengths_rejected: Sequence[int]) -> dict[str, int]:
+def padding_stats(
+    batches: Sequence[Sequence[int]], lengths_chosen: Sequence[int], lengths_rejected: Sequence[int]
+) -> dict[str, int]:
     """Token counts of one pass over ``batches``, both sides padded together to one width per batch."""
     real = padded = 0
     for batch in batches:

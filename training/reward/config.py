@@ -54,7 +54,9 @@ class RewardConfig:
 
     # -- encoding (stored in the bundle; the service truncates the same way) ------------------------
     # 256 keeps 80% of hh-rlhf pairs whole; longer costs quadratic attention time on a CPU
-    max_length: int = field(default=256, metadata={"help": "Max tokens of question + answer (specials incl.)."})
+    max_length: int = field(
+        default=256, metadata={"help": "Max tokens of question + answer (specials incl.)."}
+    )
     # when a pair is too long the question is cut from the left down to this, then the answer
     min_question_tokens: int = field(
         default=32, metadata={"help": "Question tokens kept before the answer is cut (truncation policy)."}
@@ -62,7 +64,9 @@ class RewardConfig:
 
     # -- optimisation ------------------------------------------------------------------------------
     # 16 pairs = 32 sequences per forward: the TRL comparison's batch size, fits any CPU's memory
-    batch_size: int = field(default=16, metadata={"help": "Pairs per micro-batch (2x sequences per forward)."})
+    batch_size: int = field(
+        default=16, metadata={"help": "Pairs per micro-batch (2x sequences per forward)."}
+    )
     # raise instead of batch_size when memory is short; the effective batch is batch_size * grad_accum
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
     # MiniLM fine-tunes well at 3e-5..1e-4; with ~110 steps the higher end learns in one epoch
@@ -72,10 +76,14 @@ class RewardConfig:
     # a short warm-up keeps the fresh head from wrecking the pretrained body in the first steps
     warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps of linear LR warm-up."})
     # cosine decays smoothly to min_lr_ratio * lr; "linear" is the HF default
-    decay: str = field(default="cosine", metadata={"help": "LR decay after warm-up: cosine | linear | constant."})
+    decay: str = field(
+        default="cosine", metadata={"help": "LR decay after warm-up: cosine | linear | constant."}
+    )
     min_lr_ratio: float = field(default=0.0, metadata={"help": "Final LR as a fraction of the peak LR."})
     # one pass over 1,800 pairs fits the ten-minute CPU budget; more epochs overfit 2,000 pairs anyway
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training split (fractions allowed)."})
+    epochs: float = field(
+        default=1.0, metadata={"help": "Passes over the training split (fractions allowed)."}
+    )
     # > 0 overrides epochs: handy for smoke runs and tests
     max_steps: int = field(default=0, metadata={"help": "Optimizer steps to run; 0 = derive from epochs."})
     # the usual transformer value; rare long pairs otherwise give occasional huge updates
@@ -85,7 +93,9 @@ class RewardConfig:
     # loss = -logsigmoid(r_c - r_r - margin); 0 is the plain Bradley-Terry loss
     margin: float = field(default=0.0, metadata={"help": "Margin subtracted from r_chosen - r_rejected."})
     # TRL's center_rewards_coefficient: keeps scores near 0 so served scores are comparable
-    center_coef: float = field(default=0.01, metadata={"help": "Reward-centering coef * mean((r_c + r_r)^2)."})
+    center_coef: float = field(
+        default=0.01, metadata={"help": "Reward-centering coef * mean((r_c + r_r)^2)."}
+    )
 
     # -- batching ------------------------------------------------------------------------------------
     # pairs are sorted by length inside groups of this many batches, then batches are shuffled:
@@ -104,8 +114,12 @@ class RewardConfig:
     # validation costs a forward pass over the val split; ~4 evaluations per default run
     eval_every: int = field(default=30, metadata={"help": "Validate every N optimizer steps (0 = end only)."})
     # a checkpoint is ~270 MB of model + optimizer for MiniLM; every 25 steps is ~2 minutes of CPU work
-    checkpoint_every: int = field(default=25, metadata={"help": "Checkpoint every N optimizer steps (0 = never)."})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (auto = GPU when present)."})
+    checkpoint_every: int = field(
+        default=25, metadata={"help": "Checkpoint every N optimizer steps (0 = never)."}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (auto = GPU when present)."}
+    )
     # 0 = pad batches in the main process; tokenisation happens once up front, so this rarely matters
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for batch padding."})
 
@@ -133,7 +147,9 @@ class RewardConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"invalid RewardConfig value(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+            raise ConfigError(
+                f"invalid RewardConfig value(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,10 +24,11 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,8 @@ import torch
 from service.bundle import MODEL_FILES, TOKENIZER_NAME, Manifest, load_bundle, utc_now, write_manifest
 from service.encoding import EncodedPair, PairEncoder, TruncationPolicy, pad_batch
 from service.onnx_scoring import SCORE_OUTPUT, length_sorted_batches, make_session, score_encoded
-from training.reward.config import CONFIG_NAME, RewardConfig
-from training.reward.data import PreferencePair, load_run_split
+from training.reward.config import CONFIG_NAME, ConfigError, RewardConfig
+from training.reward.data import DataError, PreferencePair, load_run_split
 from training.reward.evaluate import encode_pair_sides, pairwise_accuracy
 from training.reward.gate import (
     ExportError,
@@ -51,7 +52,7 @@ from training.reward.gate import (
     int8_accuracy_failure,
 )
 from training.reward.model import accepted_input_names, load_reward_model
-from training.reward.quantize import QuantRecipe, quantize_int8
+from training.reward.quantize import DEFAULT_RECIPES, QuantRecipe, quantize_int8
 
 log = logging.getLogger(__name__)
 SCORE_STATS_NAME = "score_stats.json"
@@ -76,10 +77,11 @@ class ExportConfig:
     threads: int = 2  # onnxruntime intra-op threads
     opset: int = 17
     overwrite: bool = False  # replace an existing bundle at the target (atomically)
-    recipe: QuantRecipe = field(default_factory=QuantRecipe)
+    # int8 recipes tried in order until one passes (see quantize.DEFAULT_RECIPES)
+    recipes: tuple[QuantRecipe, ...] = DEFAULT_RECIPES
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "recipe": self.recipe.to_dict()}
+        return {**asdict(self), "recipes": [r.to_dict() for r in self.recipes]}
 
 
 @dataclass
@@ -195,13 +197,16 @@ def export_bundle(
 def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the graphs and tokenizer into ``tmp``; return (manifest fields, gate numbers)."""
     started = time.perf_counter()
-    train_config = RewardConfig.load(final / CONFIG_NAME)
-    stats = read_score_stats(final)
     if not (final / TOKENIZER_NAME).is_file():
         raise RunDirError(f"{final / TOKENIZER_NAME} is missing")
+    stats = read_score_stats(final)
+    try:
+        train_config = RewardConfig.load(final / CONFIG_NAME)
+        train_pairs, val_pairs = load_run_split(run)  # the run's own data, split as in training
+    except (ConfigError, DataError) as exc:
+        raise RunDirError(f"{run}: cannot re-create the run's data split: {exc}") from exc
     policy = TruncationPolicy(train_config.max_length, train_config.min_question_tokens)
     encoder = PairEncoder.from_file(final / TOKENIZER_NAME, policy)
-    train_pairs, val_pairs = load_run_split(run)
     if not val_pairs:
         raise RunDirError(
             f"{run}: the run has no validation split (val_fraction 0); the gate needs evaluation pairs"
@@ -241,34 +246,21 @@ def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dic
 
     # -- int8: static quantisation, shipped only when it passes ---------------------------------------
     int8_info: dict[str, Any] = {"shipped": False, "reason": "disabled (--no-int8)", "method": None}
-    accuracy_int8: float | None = None
-    batch_int8: float | None = None
+    attempts: list[dict[str, Any]] = []
     if config.int8:
-        int8_path = tmp / MODEL_FILES["int8"]
         calibration = _calibration_batches(encoder, spread_sample(train_pairs, config.calibration_pairs))
-        log.info("int8: calibrating on %d batches (%s)", len(calibration), config.recipe.describe())
-        method = quantize_int8(fp32_path, int8_path, calibration, config.recipe)
-        int8_session = make_session(int8_path, config.threads)
-        int8 = score_encoded(int8_session, input_names, encoded, encoder.pad_token_id, config.batch_size)
-        accuracy_int8 = pairwise_accuracy(int8[:n], int8[n:])
-        batch_int8 = batch_dependence(int8_session, input_names, encoded, encoder.pad_token_id)
-        reason = batch_independence_failure(
-            "int8", batch_int8, config.batch_tolerance
-        ) or int8_accuracy_failure(accuracy_fp32, accuracy_int8, config.max_int8_drop)
-        del int8_session
-        if reason is None:
-            drop = 100 * (accuracy_fp32 - accuracy_int8)
-            int8_info = {
-                "shipped": True,
-                "reason": f"passed the gate (accuracy drop {drop:.2f} points)",
-                "method": method,
-            }
-        else:
-            int8_path.unlink()
-            int8_info = {"shipped": False, "reason": reason, "method": method}
-        log.info(
-            "int8: accuracy %.2f%%, batch diff %.2e: %s", 100 * accuracy_int8, batch_int8, int8_info["reason"]
+        int8_info, attempts = _quantize_and_gate(
+            fp32_path,
+            tmp / MODEL_FILES["int8"],
+            calibration,
+            input_names,
+            encoder,
+            encoded,
+            accuracy_fp32,
+            config,
         )
+    accuracy_int8 = attempts[-1]["accuracy"] if attempts else None
+    batch_int8 = attempts[-1]["batch_diff"] if attempts else None
 
     source = train_config.data or "embedded hh-rlhf-harmless-2000"
     fields: dict[str, Any] = {
@@ -296,9 +288,60 @@ def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dic
         "max_abs_diff_onnx_torch": max_diff,
         "batch_diff_fp32": batch_fp32,
         "batch_diff_int8": batch_int8,
+        "int8_attempts": attempts,
         "export_seconds": round(time.perf_counter() - started, 1),
     }
     return fields, gate
+
+
+def _quantize_and_gate(
+    fp32_path: Path,
+    int8_path: Path,
+    calibration: list[dict[str, np.ndarray]],
+    input_names: list[str],
+    encoder: PairEncoder,
+    encoded: list[EncodedPair],
+    accuracy_fp32: float,
+    config: ExportConfig,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Try ``config.recipes`` in order (fastest first); keep the first int8 graph that passes the gate.
+
+    Returns the manifest's int8 entry and one record per attempt (also stored in the manifest, so
+    the choice is visible). When none passes, ``int8_path`` is removed and the reason is the last one.
+    """
+    n = len(encoded) // 2
+    attempts: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="rlhf-ranges-") as cache:  # calibrate once per method
+        for recipe in config.recipes:
+            log.info("int8: %s (calibration: %d batches)", recipe.describe(), len(calibration))
+            method = quantize_int8(fp32_path, int8_path, calibration, recipe, Path(cache))
+            session = make_session(int8_path, config.threads)
+            int8 = score_encoded(session, input_names, encoded, encoder.pad_token_id, config.batch_size)
+            accuracy = pairwise_accuracy(int8[:n], int8[n:])
+            batch_diff = batch_dependence(session, input_names, encoded, encoder.pad_token_id)
+            del session
+            reason = batch_independence_failure("int8", batch_diff, config.batch_tolerance)
+            reason = reason or int8_accuracy_failure(accuracy_fp32, accuracy, config.max_int8_drop)
+            attempts.append(
+                {"method": method, "accuracy": accuracy, "batch_diff": batch_diff, "failure": reason}
+            )
+            log.info(
+                "int8: accuracy %.2f%%, batch diff %.2e: %s", 100 * accuracy, batch_diff, reason or "passed"
+            )
+            if reason is None:
+                drop = 100 * (accuracy_fp32 - accuracy)
+                return {
+                    "shipped": True,
+                    "reason": f"passed the gate (accuracy drop {drop:.2f} points, attempt {len(attempts)})",
+                    "method": method,
+                }, attempts
+    int8_path.unlink(missing_ok=True)
+    tried = f" (all {len(attempts)} recipes failed; this was the last)" if len(attempts) > 1 else ""
+    return {
+        "shipped": False,
+        "reason": f"{attempts[-1]['failure']}{tried}",
+        "method": attempts[-1]["method"],
+    }, attempts
 
 
 def _calibration_batches(

@@ -26,9 +26,9 @@ def export_command(
         Path, typer.Argument(help="Training run directory (the --out of `rlhf train-rm`) or its final/.")
     ],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to create (written atomically).")],
-    name: Annotated[str | None, typer.Option(help="Bundle name [default: the run directory's name].")] = None,
+    name: Annotated[str | None, typer.Option(help="Bundle name (default: the run directory's name).")] = None,
     version: Annotated[
-        str | None, typer.Option(help="Bundle version [default: UTC time of the export].")
+        str | None, typer.Option(help="Bundle version (default: UTC time of the export).")
     ] = None,
     eval_pairs: Annotated[
         int, typer.Option(help="Validation-split pairs the gate evaluates (0 = the whole split).")
@@ -92,7 +92,7 @@ def eval_command(
         ),
     ] = None,
     precision: Annotated[
-        str | None, typer.Option(help="fp32 or int8 [default: int8 when the bundle ships it, else fp32].")
+        str | None, typer.Option(help="fp32 or int8 (default: int8 when the bundle ships it, else fp32).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per onnxruntime run (length-sorted).")] = 32,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 2,
@@ -122,7 +122,7 @@ def bench_quant_command(
         Path, typer.Option("--bundle", help="Bundle with both model.onnx and model.int8.onnx.")
     ],
     data: Annotated[
-        Path | None, typer.Option(help="Pairs whose length mix is used [default: embedded hh-rlhf].")
+        Path | None, typer.Option(help="Pairs whose length mix is used (default: embedded hh-rlhf).")
     ] = None,
     pairs: Annotated[
         int, typer.Option(help="Pairs to score (both answers each), spread over the data.")

@@ -45,7 +45,13 @@ from training.reward.checkpoint import load_checkpoint, save_checkpoint
 from training.reward.config import CONFIG_NAME, RewardConfig
 from training.reward.data import PreferencePair, load_pairs, split_pairs
 from training.reward.losses import pairwise_loss
-from training.reward.model import accepted_input_names, load_reward_model, model_inputs, score_pairs, tokenizer_json_path
+from training.reward.model import (
+    accepted_input_names,
+    load_reward_model,
+    model_inputs,
+    score_pairs,
+    tokenizer_json_path,
+)
 from training.runlog import JsonlLogger, plot_curves, read_jsonl
 
 PLOT_KEYS = ("loss", "accuracy", "margin", "lr", "tokens_per_s", "val_accuracy", "val_margin", "val_loss")
@@ -57,7 +63,8 @@ class TrainResult:
     final_dir: Path
     steps: int
     val_metrics: dict[str, float]
-    wall_time_s: float
+    wall_time_s: float  # everything: loading, encoding, training, validation, saving
+    loop_time_s: float  # the optimizer steps only (what the TRL benchmark compares)
 
 
 @dataclass
@@ -117,12 +124,15 @@ def train(
     chosen, rejected = encode_pairs(encoder, train_pairs)
     lengths = pair_lengths(chosen, rejected)
     per_epoch = len(length_grouped_batches(lengths, config.batch_size, config.seed, 0)) // env.world
-    assert per_epoch >= 1, f"{len(train_pairs)} training pairs make no batch for each of {env.world} processes"
+    assert per_epoch >= 1, (
+        f"{len(train_pairs)} training pairs make no batch for each of {env.world} processes"
+    )
     total_steps = config.max_steps or max(1, int(config.epochs * per_epoch) // config.grad_accum)
 
     # -- model and optimizer ----------------------------------------------------------------------
     torch.manual_seed(config.seed)  # the fresh scalar head's initialisation
-    raw_model = load_reward_model(str(ckpt.path) if ckpt else config.base_model).to(env.device)
+    raw_model = load_reward_model(str(ckpt.path) if ckpt else config.base_model)
+    raw_model.to(env.device)  # type: ignore[arg-type]  # in place; transformers types .to() oddly
     raw_model.train()
     optimizer = torch.optim.AdamW(_param_groups(raw_model, config.weight_decay), lr=config.lr)
     if ckpt:
@@ -135,13 +145,26 @@ def train(
     input_names = accepted_input_names(raw_model)
     start_step = ckpt.step if ckpt else 0
 
-    logger = JsonlLogger(out / "metrics.jsonl", keep_until_step=start_step if ckpt else None) if env.is_main else None
+    logger = (
+        JsonlLogger(out / "metrics.jsonl", keep_until_step=start_step if ckpt else None)
+        if env.is_main
+        else None
+    )
     if env.is_main and not ckpt:
         _describe_run(config, report, len(train_pairs), len(val_pairs), total_steps, per_epoch)
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and env.is_main), desc="train-rm")
-    stream = _micro_batches(config, chosen, rejected, lengths, env, per_epoch, start_step * config.grad_accum, encoder.pad_token_id)
+    stream = _micro_batches(
+        config,
+        chosen,
+        rejected,
+        lengths,
+        env,
+        per_epoch,
+        start_step * config.grad_accum,
+        encoder.pad_token_id,
+    )
     val_metrics: dict[str, float] = {}
-
+    t_loop = time.time()
     for step in range(start_step, total_steps):
         t0 = time.time()
         torch.manual_seed(step_seed(config.seed, step, env.rank))  # dropout masks of this step
@@ -172,8 +195,17 @@ def train(
         # -- bookkeeping (rank 0): metrics, validation, checkpoint --------------------------------
         dt = time.time() - t0
         if logger is not None:
-            logger.log({"step": done, "epoch": epoch, **sums, "lr": lr, "grad_norm": float(grad_norm),
-                        "tokens_per_s": tokens * env.world / dt, "step_time_s": dt})
+            logger.log(
+                {
+                    "step": done,
+                    "epoch": epoch,
+                    **sums,
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": tokens * env.world / dt,
+                    "step_time_s": dt,
+                }
+            )
             bar.set_postfix(loss=f"{sums['loss']:.3f}", acc=f"{sums['accuracy']:.2f}", lr=f"{lr:.1e}")
         bar.update(1)
         if env.is_main and config.eval_every and done % config.eval_every == 0 and done < total_steps:
@@ -181,32 +213,46 @@ def train(
             assert logger is not None
             logger.log({"step": done, **{f"val_{k}": v for k, v in val_metrics.items()}})
             _plot(out)
-        if env.is_main and config.checkpoint_every and done % config.checkpoint_every == 0 and done < total_steps:
+        if (
+            env.is_main
+            and config.checkpoint_every
+            and done % config.checkpoint_every == 0
+            and done < total_steps
+        ):
             save_checkpoint(out, raw_model, optimizer, config, tokenizer_json, done, done * config.grad_accum)
         if on_step is not None:
             on_step(done)
     bar.close()
+    loop_time = time.time() - t_loop
 
     # -- final model: validation, score statistics, OUT/final ------------------------------------
     final_dir = out / "final"
     if env.is_main:
         val_metrics = _validate(raw_model, encoder, val_pairs, config, env.device)
         assert logger is not None
-        logger.log({"step": total_steps, **{f"val_{k}": v for k, v in val_metrics.items()}})
+        if val_metrics:
+            logger.log({"step": total_steps, **{f"val_{k}": v for k, v in val_metrics.items()}})
         stats = _score_stats(raw_model, encoder, train_pairs, config, env.device)
         summary = {
             **{f"val_{k}": v for k, v in val_metrics.items()},
-            "train_pairs": len(train_pairs), "steps": total_steps, "data": report.source,
-            "skipped": report.skipped, "skipped_reasons": report.skipped_reasons,
+            "train_pairs": len(train_pairs),
+            "steps": total_steps,
+            "data": report.source,
+            "skipped": report.skipped,
+            "skipped_reasons": report.skipped_reasons,
             "wall_time_s": time.time() - t_start,
+            "loop_time_s": loop_time,
         }
         _write_final(final_dir, raw_model, config, tokenizer_json, stats, summary)
         _plot(out)
-        print(f"val accuracy {val_metrics['accuracy']:.3f} on {len(val_pairs)} pairs; model in {final_dir}")
+        if val_metrics:
+            print(
+                f"val accuracy {val_metrics['accuracy']:.3f} on {len(val_pairs)} pairs; model in {final_dir}"
+            )
     if env.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return TrainResult(out, final_dir, total_steps, val_metrics, time.time() - t_start)
+    return TrainResult(out, final_dir, total_steps, val_metrics, time.time() - t_start, loop_time)
 
 
 def _setup_distributed(device: str) -> _Dist:
@@ -250,12 +296,17 @@ def _micro_batches(
     """Endless (epoch, padded batch) stream of this rank, starting at micro-batch ``start``."""
     epoch, position = divmod(start, per_epoch)
     while True:
-        batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch, config.length_group_batches)
+        batches = length_grouped_batches(
+            lengths, config.batch_size, config.seed, epoch, config.length_group_batches
+        )
         mine = batches[env.rank :: env.world][:per_epoch][position:]  # equal counts keep DDP in step
         loader = torch.utils.data.DataLoader(
             _Collated(chosen, rejected, mine, pad_token_id),
             batch_size=None,
             num_workers=config.num_workers,
+            # its own generator: a DataLoader iterator otherwise draws from the global RNG, which
+            # would shift the dropout masks of whichever step (re)starts an epoch
+            generator=torch.Generator().manual_seed(config.seed),
         )
         for batch in loader:
             yield epoch, {k: np.asarray(v) for k, v in batch.items()}
@@ -265,7 +316,9 @@ def _micro_batches(
 class _Collated(torch.utils.data.Dataset):
     """Index i -> the padded inputs of batch i (lets a DataLoader pad in worker processes)."""
 
-    def __init__(self, chosen: list[EncodedPair], rejected: list[EncodedPair], batches: list[list[int]], pad: int):
+    def __init__(
+        self, chosen: list[EncodedPair], rejected: list[EncodedPair], batches: list[list[int]], pad: int
+    ):
         self.chosen, self.rejected, self.batches, self.pad = chosen, rejected, batches, pad
 
     def __len__(self) -> int:
@@ -305,8 +358,12 @@ def _score_stats(
 
 
 def _write_final(
-    final_dir: Path, model: Any, config: RewardConfig, tokenizer_json: Path,
-    stats: dict[str, float], summary: dict[str, Any],
+    final_dir: Path,
+    model: Any,
+    config: RewardConfig,
+    tokenizer_json: Path,
+    stats: dict[str, float],
+    summary: dict[str, Any],
 ) -> None:
     """OUT/final/, written to a temp dir and renamed so readers never see half a model."""
     tmp = final_dir.with_name(final_dir.name + ".tmp")
@@ -329,5 +386,7 @@ def _describe_run(
 ) -> None:
     skipped = f", skipped {report.skipped} {report.skipped_reasons}" if report.skipped else ""
     print(f"data {report.source}: {n_train} train / {n_val} val pairs{skipped}")
-    print(f"{total_steps} steps ({per_epoch} batches of {config.batch_size} pairs per epoch), "
-          f"max_length {config.max_length}, lr {config.lr}")
+    print(
+        f"{total_steps} steps ({per_epoch} batches of {config.batch_size} pairs per epoch), "
+        f"max_length {config.max_length}, lr {config.lr}"
+    )

@@ -22,9 +22,9 @@ def _opt(name: str, flag: str | None = None) -> typer.models.OptionInfo:
 
 
 def train_rm_command(
-    out: Annotated[Path, typer.Option("--out", help="Output directory (metrics, checkpoint/, final/).")] = Path(
-        "runs/rm"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="Output directory (metrics, checkpoint/, final/).")
+    ] = Path("runs/rm"),
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from OUT/checkpoint with its saved config.")
     ] = False,
@@ -46,10 +46,14 @@ def train_rm_command(
     checkpoint_every: Annotated[int | None, _opt("checkpoint_every")] = None,
     device: Annotated[str | None, _opt("device")] = None,
     num_workers: Annotated[int | None, _opt("num_workers")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar (metrics still go to JSONL).")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No progress bar (metrics still go to JSONL).")
+    ] = False,
 ) -> None:
     """Train a reward model on preference pairs (default: the embedded hh-rlhf pairs, MiniLM)."""
-    given = {k: v for k, v in locals().items() if k in {f.name for f in fields(RewardConfig)} and v is not None}
+    given = {
+        k: v for k, v in locals().items() if k in {f.name for f in fields(RewardConfig)} and v is not None
+    }
     if resume:
         refused = sorted(set(given) - _RESUME_KEEPS)
         if refused:

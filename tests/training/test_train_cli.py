@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from training.cli import app
+
+runner = CliRunner()
+
+
+def test_help_documents_every_option() -> None:
+    result = runner.invoke(app, ["train-rm", "--help"], env={"COLUMNS": "220"})
+    assert result.exit_code == 0, result.output
+    for option in (
+        "--data",
+        "--out",
+        "--base-model",
+        "--max-steps",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--max-length",
+        "--device",
+        "--resume",
+        "--seed",
+        "--grad-accum",
+        "--checkpoint-every",
+    ):
+        assert option in result.output
+    assert "Peak learning rate of AdamW. (default: 6e-05)" in result.output
+
+
+def test_cli_module_does_not_import_torch() -> None:
+    code = "import sys, training.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_resume_refuses_conflicting_options(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train-rm", "--out", str(tmp_path), "--resume", "--lr", "0.1"])
+    assert result.exit_code != 0
+    assert "--lr" in result.output
+
+
+def test_bad_data_is_a_clear_error(tmp_path: Path, tiny_model: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "chosen": "a", "rejected": "b"}\n{oops\n')
+    result = runner.invoke(
+        app, ["train-rm", "--out", str(tmp_path / "o"), "--data", str(bad), "--base-model", str(tiny_model)]
+    )
+    assert result.exit_code == 2
+    assert f"{bad}:2: invalid JSON" in result.output
+
+
+def test_short_cli_run(tmp_path: Path, tiny_model: Path, pairs_file: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "train-rm",
+            "--out",
+            str(out),
+            "--data",
+            str(pairs_file),
+            "--base-model",
+            str(tiny_model),
+            "--max-steps",
+            "2",
+            "--max-length",
+            "48",
+            "--min-question-tokens",
+            "8",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "final" / "reward_config.json").read_text())
+    assert config["max_steps"] == 2 and config["max_length"] == 48 and config["batch_size"] == 8
+
+
+@pytest.mark.parametrize("bad", [["--lr", "-1"], ["--val-fraction", "1.5"], ["--max-length", "4"]])
+def test_invalid_values_are_rejected_before_training(tmp_path: Path, bad: list[str]) -> None:
+    result = runner.invoke(app, ["train-rm", "--out", str(tmp_path), *bad])
+    assert result.exit_code != 0
+    assert "invalid RewardConfig value" in result.output
