@@ -53,7 +53,8 @@ class OnnxBackend:
 
     def __init__(self, model_path: Path, input_names: Sequence[str], intra_op_threads: int = 0) -> None:
         try:
-            self.session = make_session(model_path, intra_op_threads)  # 0 threads = one per core
+            # 0 threads = one per core; no spinning: idle engine threads must not starve the event loop
+            self.session = make_session(model_path, intra_op_threads, spin=False)
         except ORT_ERRORS as exc:
             raise BackendLoadError(f"onnxruntime cannot load {model_path}: {exc}") from exc
         graph_inputs = [i.name for i in self.session.get_inputs()]

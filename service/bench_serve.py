@@ -1,6 +1,6 @@
 """`rlhf bench serve`: throughput and latency of the service against its two reference points, in one run.
 
-    nice -n 10 rlhf bench serve --bundle bundles/rm-default --concurrency 1,4,16,64 --out runs/bench-serve
+    nice -n 10 rlhf bench serve --bundle bundles/rm-default --out runs/bench-serve
 
 On the real hh-rlhf length mix (the embedded 2,000 pairs, dialogue split at the last "Assistant:"),
 measured one after the other on the same machine so the ratios are fair:
@@ -11,8 +11,12 @@ measured one after the other on the same machine so the ratios are fair:
    concurrencies, and open-loop load at half of its peak (p99/p50 must stay ≤ 3);
 3. a naive FastAPI + transformers server (one forward per request, no cross-request batching).
 
-Prints a markdown table and writes results.jsonl. Torch-free: the naive server runs in its own
-process (`training.bench.naive_server`), started only when `--naive` is on.
+Each row also gives pairs per CPU second of the scoring process (from /proc): on a shared machine
+wall-clock speed moves with other people's load, CPU-normalised speed much less. Raw onnxruntime is
+measured before and after the service and the faster run is the reference. Rows with failed
+requests are shown but never used in a ratio. Prints a markdown table and writes results.jsonl.
+Torch-free: the naive server runs in its own process (`training.bench.naive_server`, same max_length
+as the bundle), started only when `--naive` is on.
 """
 
 from __future__ import annotations
@@ -237,8 +241,8 @@ def bench_serve_command(
     precision: Annotated[str, typer.Option(help="auto | fp32 | int8 (auto = int8 if shipped)")] = "auto",
     threads: Annotated[int, typer.Option(help="onnxruntime / torch intra-op threads")] = 2,
     pairs: Annotated[int, typer.Option(help="hh-rlhf pairs per measurement")] = 384,
-    concurrency: Annotated[str, typer.Option(help="client concurrencies, comma-separated")] = "1,4,16,64",
-    request_pairs: Annotated[int, typer.Option(help="pairs per HTTP request")] = 4,
+    concurrency: Annotated[str, typer.Option(help="client concurrencies, comma-separated")] = "1,4,16",
+    request_pairs: Annotated[int, typer.Option(help="pairs per HTTP request")] = 16,
     naive: Annotated[
         bool, typer.Option(help="also run the FastAPI + transformers baseline (needs torch)")
     ] = True,
@@ -310,15 +314,9 @@ def bench_serve_command(
         )
         port = free_port()
         naive_url = f"http://127.0.0.1:{port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "training.bench.naive_server",
-            "--port",
-            str(port),
-            "--threads",
-            str(threads),
-        ]
+        max_length = load_bundle(bundle).manifest.max_length  # truncate like the bundle does
+        cmd = [sys.executable, "-m", "training.bench.naive_server", "--port", str(port)]
+        cmd += ["--threads", str(threads), "--max-length", str(max_length)]
         if naive_model:
             cmd += ["--model", naive_model]
         server = start(cmd, {"HF_HUB_OFFLINE": "1"}, naive_url, "/healthz")

@@ -171,7 +171,7 @@ def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary:
 
 def demo_command(
     out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("runs/demo"),
-    rm_epochs: Annotated[float, typer.Option(help="Reward-model epochs over the embedded pairs.")] = 0.6,
+    rm_epochs: Annotated[float, typer.Option(help="Reward-model epochs over the embedded pairs.")] = 1.0,
     policy_steps: Annotated[int, typer.Option(help="Policy-gradient steps against the service.")] = 24,
     port: Annotated[int, typer.Option(help="Service port (0 = a free port).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda for both training jobs.")] = "auto",

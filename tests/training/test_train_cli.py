@@ -91,3 +91,26 @@ def test_invalid_values_are_rejected_before_training(tmp_path: Path, bad: list[s
     result = runner.invoke(app, ["train-rm", "--out", str(tmp_path), *bad])
     assert result.exit_code != 0
     assert "invalid RewardConfig value" in result.output
+
+
+def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, tiny_model: Path, pairs_file: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = runner.invoke(
+        app,
+        [
+            "train-rm",
+            "--out",
+            str(tmp_path),
+            "--data",
+            str(pairs_file),
+            "--base-model",
+            str(tiny_model),
+            "--device",
+            "cuda",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "asks for CUDA but torch sees no GPU" in result.output

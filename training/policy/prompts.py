@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.policy.errors import PromptError
-from training.reward.data import ASSISTANT_PREFIX, PreferencePair, load_pairs, split_pairs
+from training.reward.data import (
+    ASSISTANT_PREFIX,
+    DataError,
+    PreferencePair,
+    load_pairs,
+    load_run_split,
+    split_pairs,
+)
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -117,7 +124,7 @@ def _prompt_from_chat(value: list, where: str) -> Prompt:
 def heldout_questions(reward_run: Path | None = None) -> list[str]:
     """hh questions of the RM's validation split that do not also occur in its training split.
 
-    With a reward run dir, its saved split (``training.reward.train.load_run_split``); otherwise the
+    With a reward run dir, its saved split (``training.reward.data.load_run_split``); otherwise the
     deterministic split of the embedded data with RewardConfig's default val_fraction and seed.
     """
     train, val = _reward_split(reward_run)
@@ -133,30 +140,14 @@ def heldout_questions(reward_run: Path | None = None) -> list[str]:
 
 def _reward_split(reward_run: Path | None) -> tuple[Sequence[PreferencePair], Sequence[PreferencePair]]:
     if reward_run is not None:
-        import training.reward.train as reward_train
-
-        load_run_split = getattr(reward_train, "load_run_split", None)  # the reward package's own reader
-        if load_run_split is not None:
-            train, val = load_run_split(reward_run)
-            return train, val
-        return _split_from_saved_config(reward_run)
+        try:
+            return load_run_split(reward_run)  # the split the reward run trained on, from its saved config
+        except DataError as err:
+            raise PromptError(f"--reward-run: {err}") from err
     from training.reward.config import RewardConfig
 
     defaults = RewardConfig()
     return split_pairs(load_pairs().pairs, defaults.val_fraction, defaults.seed)
-
-
-def _split_from_saved_config(reward_run: Path) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Recreate a reward run's split from its saved RewardConfig (data, val_fraction, seed)."""
-    from training.reward.config import CONFIG_NAME, RewardConfig
-
-    candidates = [reward_run / CONFIG_NAME, reward_run / "final" / CONFIG_NAME]
-    candidates += sorted(reward_run.glob(f"*/{CONFIG_NAME}"))
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
-        raise PromptError(f"{reward_run}: no {CONFIG_NAME} found; is this a reward-model run directory?")
-    config = RewardConfig.load(found)
-    return split_pairs(load_pairs(config.data).pairs, config.val_fraction, config.seed)
 
 
 @dataclass

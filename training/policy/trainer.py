@@ -142,9 +142,6 @@ async def train_async(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    if policy is None:
-        policy = load_policy(config)
-    sets = load_prompt_sets(config, policy)
     own_client = client is None
     if client is None:
         from service.client import AsyncRewardClient
@@ -156,17 +153,25 @@ async def train_async(
             max_retries=config.max_retries,
         )
     try:
-        return await _run(config, policy, client, sets, out)
+        # ask the service first: an unreachable service fails in seconds, not after loading the model
+        info = RewardModelInfo.from_models_response(await client.models())
+        log.info("reward model %s version %s (score std %.3f)", info.name, info.version, info.score_std)
+        if policy is None:
+            policy = load_policy(config)
+        sets = load_prompt_sets(config, policy)
+        log.info(
+            "prompts: %d for training, %d held out for evaluation, %d skipped (> %d tokens)",
+            len(sets.train), len(sets.eval), sets.skipped_too_long, config.max_prompt_tokens,
+        )  # fmt: skip
+        return await _run(config, policy, client, info, sets, out)
     finally:
         if own_client:
             await _close(client)
 
 
 async def _run(
-    config: PolicyConfig, policy: Policy, client: Any, sets: PromptSets, out: Path
+    config: PolicyConfig, policy: Policy, client: Any, info: RewardModelInfo, sets: PromptSets, out: Path
 ) -> dict[str, Any]:
-    info = RewardModelInfo.from_models_response(await client.models())
-    log.info("reward model %s version %s (score std %.3f)", info.name, info.version, info.score_std)
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -264,7 +269,7 @@ async def _run(
             save_checkpoint(out / "checkpoint", policy, optimizer, state, config)
     progress.close()
     after = await run_eval("after")
-    return _finish(config, policy, out, info, before, after)
+    return _finish(config, policy, out, info, before, after, sets)
 
 
 def _finish(
@@ -274,6 +279,7 @@ def _finish(
     info: RewardModelInfo,
     before: EvalResult | None,
     after: EvalResult | None,
+    sets: PromptSets,
 ) -> dict[str, Any]:
     records = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
     plot = None
@@ -291,6 +297,11 @@ def _finish(
     summary: dict[str, Any] = {
         "reward_model": {"name": info.name, "version": info.version, "score_std": info.score_std},
         "steps": len(records),
+        "prompts": {
+            "train": len(sets.train),
+            "eval": len(sets.eval),
+            "skipped_too_long": sets.skipped_too_long,
+        },
         "before": before.to_dict() if before else None,
         "after": after.to_dict() if after else None,
         "saved": str(saved),

@@ -15,8 +15,8 @@ not shipped). Measured:
 * padded tokens of one epoch: TRL's shuffled batches vs our length-grouped batches.
 
 TRL settings that would make the comparison about something else are aligned: ``bf16=False`` and
-``activation_checkpointing=False`` (TRL's defaults turn bf16 and gradient checkpointing on; our loop runs fp32 without
-checkpointing). TRL tokenises ``prompt + answer`` as one text and appends ``eos_token``, which BERT
+``activation_checkpointing=False`` (TRL's defaults turn bf16 and gradient checkpointing on; our
+loop runs fp32 without checkpointing). TRL tokenises ``prompt + answer`` as one text and appends ``eos_token``, which BERT
 tokenizers lack; the bench passes the ids TRL's tokenise step would otherwise produce (the
 tokenizer's ``[CLS] text [SEP]``) as ``chosen_ids``/``rejected_ids``, and TRL then filters and
 collates them itself. TRL's model is scored with the same single-text format, truncated from the

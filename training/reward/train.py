@@ -2,7 +2,8 @@
 
     rlhf train-rm --out runs/rm                           # embedded hh-rlhf pairs, MiniLM, ~10 min on 2 cores
     rlhf train-rm --out runs/rm --resume                  # continue after a crash or kill
-    torchrun --nproc_per_node 4 -m training train-rm --out runs/rm --device cuda   # or: accelerate launch -m training ...
+    torchrun --nproc_per_node 4 -m training.cli train-rm --out runs/rm --device cuda  # several GPUs
+    accelerate launch --multi_gpu --num_processes 4 -m training.cli train-rm --out runs/rm  # the same
 
 One readable loop in the nanoGPT manner: set-up, then `for step in ...`. Under torchrun /
 accelerate launch every process trains on its own share of the batches (DDP averages gradients);
@@ -24,10 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -42,19 +40,18 @@ from tqdm import tqdm
 from service.encoding import EncodedPair, PairEncoder, TruncationPolicy
 from training.reward.batching import collate, encode_pairs, length_grouped_batches, pair_lengths
 from training.reward.checkpoint import load_checkpoint, save_checkpoint
-from training.reward.config import CONFIG_NAME, RewardConfig
-from training.reward.data import PreferencePair, load_pairs, split_pairs
+from training.reward.config import RewardConfig
+from training.reward.data import load_pairs, split_pairs
+from training.reward.distributed import DistEnv, setup_distributed
 from training.reward.losses import pairwise_loss
 from training.reward.model import (
     accepted_input_names,
     load_reward_model,
     model_inputs,
-    score_pairs,
     tokenizer_json_path,
 )
-from training.runlog import JsonlLogger, plot_curves, read_jsonl
-
-PLOT_KEYS = ("loss", "accuracy", "margin", "lr", "tokens_per_s", "val_accuracy", "val_margin", "val_loss")
+from training.reward.outputs import plot_run, score_stats, validate, write_final
+from training.runlog import JsonlLogger
 
 
 @dataclass
@@ -65,17 +62,6 @@ class TrainResult:
     val_metrics: dict[str, float]
     wall_time_s: float  # everything: loading, encoding, training, validation, saving
     loop_time_s: float  # the optimizer steps only (what the TRL benchmark compares)
-
-
-@dataclass
-class _Dist:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def lr_at(step: int, total_steps: int, config: RewardConfig) -> float:
@@ -106,7 +92,7 @@ def train(
     """Run (or resume) training; ``on_step(step)`` is called after each optimizer step (tests use it)."""
     t_start = time.time()
     out = Path(out_dir)
-    env = _setup_distributed(config.device)
+    env = setup_distributed(config.device)
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out)
@@ -123,7 +109,10 @@ def train(
     )
     chosen, rejected = encode_pairs(encoder, train_pairs)
     lengths = pair_lengths(chosen, rejected)
-    per_epoch = len(length_grouped_batches(lengths, config.batch_size, config.seed, 0)) // env.world
+    n_batches = len(
+        length_grouped_batches(lengths, config.batch_size, config.seed, 0, config.length_group_batches)
+    )
+    per_epoch = n_batches // env.world  # batches per process per epoch
     assert per_epoch >= 1, (
         f"{len(train_pairs)} training pairs make no batch for each of {env.world} processes"
     )
@@ -209,10 +198,10 @@ def train(
             bar.set_postfix(loss=f"{sums['loss']:.3f}", acc=f"{sums['accuracy']:.2f}", lr=f"{lr:.1e}")
         bar.update(1)
         if env.is_main and config.eval_every and done % config.eval_every == 0 and done < total_steps:
-            val_metrics = _validate(raw_model, encoder, val_pairs, config, env.device)
+            val_metrics = validate(raw_model, encoder, val_pairs, config, env.device)
             assert logger is not None
             logger.log({"step": done, **{f"val_{k}": v for k, v in val_metrics.items()}})
-            _plot(out)
+            plot_run(out)
         if (
             env.is_main
             and config.checkpoint_every
@@ -228,11 +217,11 @@ def train(
     # -- final model: validation, score statistics, OUT/final ------------------------------------
     final_dir = out / "final"
     if env.is_main:
-        val_metrics = _validate(raw_model, encoder, val_pairs, config, env.device)
+        val_metrics = validate(raw_model, encoder, val_pairs, config, env.device)
         assert logger is not None
         if val_metrics:
             logger.log({"step": total_steps, **{f"val_{k}": v for k, v in val_metrics.items()}})
-        stats = _score_stats(raw_model, encoder, train_pairs, config, env.device)
+        stats = score_stats(raw_model, encoder, train_pairs, config, env.device)
         summary = {
             **{f"val_{k}": v for k, v in val_metrics.items()},
             "train_pairs": len(train_pairs),
@@ -243,8 +232,8 @@ def train(
             "wall_time_s": time.time() - t_start,
             "loop_time_s": loop_time,
         }
-        _write_final(final_dir, raw_model, config, tokenizer_json, stats, summary)
-        _plot(out)
+        write_final(final_dir, raw_model, config, tokenizer_json, stats, summary)
+        plot_run(out)
         if val_metrics:
             print(
                 f"val accuracy {val_metrics['accuracy']:.3f} on {len(val_pairs)} pairs; model in {final_dir}"
@@ -253,25 +242,6 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return TrainResult(out, final_dir, total_steps, val_metrics, time.time() - t_start, loop_time)
-
-
-def _setup_distributed(device: str) -> _Dist:
-    """Single process, or one process per device under torchrun / accelerate launch (WORLD_SIZE set)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} asked for CUDA but torch sees no GPU")
-    if use_cuda:
-        index = int(device.split(":")[1]) if ":" in device else local_rank
-        torch.cuda.set_device(index)
-        resolved = torch.device("cuda", index)
-    else:
-        resolved = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return _Dist(rank, world, resolved)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -288,7 +258,7 @@ def _micro_batches(
     chosen: list[EncodedPair],
     rejected: list[EncodedPair],
     lengths: list[int],
-    env: _Dist,
+    env: DistEnv,
     per_epoch: int,
     start: int,
     pad_token_id: int,
@@ -326,59 +296,6 @@ class _Collated(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         return collate(self.chosen, self.rejected, self.batches[i], self.pad)
-
-
-def _validate(
-    model: Any, encoder: PairEncoder, pairs: list[PreferencePair], config: RewardConfig, device: torch.device
-) -> dict[str, float]:
-    """Pairwise accuracy (ties wrong), mean margin and loss of the current model on ``pairs``."""
-    if not pairs:
-        return {}
-    questions = [p.question for p in pairs]
-    r_c = score_pairs(model, encoder, questions, [p.chosen for p in pairs], config.batch_size * 2, device)
-    r_r = score_pairs(model, encoder, questions, [p.rejected for p in pairs], config.batch_size * 2, device)
-    _, metrics = pairwise_loss(torch.from_numpy(r_c), torch.from_numpy(r_r))
-    return {**metrics, "pairs": len(pairs)}
-
-
-def _score_stats(
-    model: Any, encoder: PairEncoder, pairs: list[PreferencePair], config: RewardConfig, device: torch.device
-) -> dict[str, float]:
-    """Mean/std of the trained model's scores over the train split (both answers): the service's normaliser.
-
-    A seeded sample of ``config.score_stats_pairs`` pairs when the split is larger.
-    """
-    if config.score_stats_pairs and len(pairs) > config.score_stats_pairs:
-        keep = np.random.default_rng(config.seed).choice(len(pairs), config.score_stats_pairs, replace=False)
-        pairs = [pairs[i] for i in sorted(keep.tolist())]
-    questions = [p.question for p in pairs] * 2
-    answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    scores = score_pairs(model, encoder, questions, answers, config.batch_size * 2, device)
-    return {"mean": float(scores.mean()), "std": float(scores.std()), "pairs": len(pairs)}
-
-
-def _write_final(
-    final_dir: Path,
-    model: Any,
-    config: RewardConfig,
-    tokenizer_json: Path,
-    stats: dict[str, float],
-    summary: dict[str, Any],
-) -> None:
-    """OUT/final/, written to a temp dir and renamed so readers never see half a model."""
-    tmp = final_dir.with_name(final_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
-    config.save(tmp / CONFIG_NAME)
-    (tmp / "score_stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(final_dir, ignore_errors=True)
-    tmp.rename(final_dir)
-
-
-def _plot(out: Path) -> None:
-    plot_curves(read_jsonl(out / "metrics.jsonl"), PLOT_KEYS, out / "curves.png", "reward model training")
 
 
 def _describe_run(
