@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.auth import require_admin_key, require_api_key
 from service.batcher import Scored
@@ -209,7 +209,7 @@ async def readyz(request: Request) -> dict[str, object]:
     return {"status": "ready", "model": {"name": model.name, "version": model.version}}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)  # documents text/plain in the schema
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from service.api import CLIENT_CLOSED, ClientGone, router
 from service.errors import ServiceError, ValidationFailed, error_body, error_headers, status_of
@@ -65,6 +66,7 @@ def create_app(
     app.add_exception_handler(ServiceError, _on_service_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ClientGone, _on_client_gone)
+    app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
     return app
 
 
@@ -86,6 +88,16 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     ]
     more = f" (and {len(exc.errors()) - 5} more)" if len(exc.errors()) > 5 else ""
     return error_response(request, ValidationFailed("invalid request: " + "; ".join(problems) + more))
+
+
+async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette/FastAPI's own errors (404, 405, and 400 for a body that is not UTF-8 JSON) in our format."""
+    if exc.status_code == 400:  # FastAPI could not parse the body at all: malformed input, like bad JSON
+        return error_response(
+            request, ValidationFailed(f"invalid request body: {exc.detail} (send UTF-8 JSON)")
+        )
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(kind, str(exc.detail)), exc.status_code, headers=exc.headers)
 
 
 async def _on_client_gone(request: Request, exc: Exception) -> Response:

@@ -137,7 +137,11 @@ class Bundle:
         return "int8" if "int8" in self.manifest.precisions else "fp32"
 
     def encoder(self) -> PairEncoder:
-        return PairEncoder.from_file(self.path / TOKENIZER_NAME, self.manifest.truncation_policy)
+        path = self.path / TOKENIZER_NAME
+        try:
+            return PairEncoder.from_file(path, self.manifest.truncation_policy)
+        except Exception as exc:  # the tokenizers library raises a bare Exception for a bad file
+            raise IntegrityError(f"{path} is not a valid tokenizer: {exc}") from exc
 
 
 def sha256_file(path: Path) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_body, error_headers, status_of
+from service.errors import PayloadTooLarge, ValidationFailed, error_body, error_headers, status_of
 
 
 class BodyLimitMiddleware:
@@ -77,10 +77,18 @@ def check_count(n: int, limit: int, what: str) -> None:
 
 
 def check_fields(fields: Iterable[tuple[str, str]], limit: int) -> None:
-    """Refuse any string longer than `limit` characters; `fields` yields (json path, value)."""
+    """Refuse any string longer than `limit` characters (413) or not encodable as UTF-8 (422);
+    `fields` yields (json path, value)."""
     for where, value in fields:
         if len(value) > limit:
             raise PayloadTooLarge(
                 f"{where} has {len(value)} characters, limit {limit} (RLHF_MAX_FIELD_CHARS); text beyond "
                 "the model's max_length would be truncated anyway"
             )
+        if not value.isascii():
+            try:
+                value.encode("utf-8")  # JSON may carry lone surrogates ("\ud800"); the tokenizer cannot
+            except UnicodeEncodeError as exc:
+                raise ValidationFailed(
+                    f"{where} is not valid Unicode text: {exc.reason} at index {exc.start}"
+                ) from exc

@@ -62,6 +62,7 @@ class TrainResult:
     val_metrics: dict[str, float]
     wall_time_s: float  # everything: loading, encoding, training, validation, saving
     loop_time_s: float  # the optimizer steps only (what the TRL benchmark compares)
+    loop_cpu_s: float  # CPU seconds of this process in those steps (robust on a shared machine)
 
 
 def lr_at(step: int, total_steps: int, config: RewardConfig) -> float:
@@ -153,7 +154,7 @@ def train(
         encoder.pad_token_id,
     )
     val_metrics: dict[str, float] = {}
-    t_loop = time.time()
+    t_loop, cpu_loop = time.time(), time.process_time()
     for step in range(start_step, total_steps):
         t0 = time.time()
         torch.manual_seed(step_seed(config.seed, step, env.rank))  # dropout masks of this step
@@ -212,7 +213,7 @@ def train(
         if on_step is not None:
             on_step(done)
     bar.close()
-    loop_time = time.time() - t_loop
+    loop_time, loop_cpu = time.time() - t_loop, time.process_time() - cpu_loop
 
     # -- final model: validation, score statistics, OUT/final ------------------------------------
     final_dir = out / "final"
@@ -231,6 +232,7 @@ def train(
             "skipped_reasons": report.skipped_reasons,
             "wall_time_s": time.time() - t_start,
             "loop_time_s": loop_time,
+            "loop_cpu_s": loop_cpu,
         }
         write_final(final_dir, raw_model, config, tokenizer_json, stats, summary)
         plot_run(out)
@@ -241,7 +243,7 @@ def train(
     if env.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return TrainResult(out, final_dir, total_steps, val_metrics, time.time() - t_start, loop_time)
+    return TrainResult(out, final_dir, total_steps, val_metrics, time.time() - t_start, loop_time, loop_cpu)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
