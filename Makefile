@@ -40,7 +40,8 @@ test: lint typecheck unit
 
 audit: setup
 	$(PIP) install -q pip-audit
-	$(BIN)/pip-audit --skip-editable
+	# --strict: a dependency that cannot be looked up fails the audit instead of passing unaudited
+	$(BIN)/pip-audit --skip-editable --strict
 
 clean:
 	rm -rf runs bundles .pytest_cache .mypy_cache .ruff_cache

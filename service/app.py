@@ -97,7 +97,8 @@ async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
             request, ValidationFailed(f"invalid request body: {exc.detail} (send UTF-8 JSON)")
         )
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(kind, str(exc.detail)), exc.status_code, headers=exc.headers)
+    message = f"{exc.detail}: {request.method} {request.url.path}"
+    return JSONResponse(error_body(kind, message), exc.status_code, headers=exc.headers)
 
 
 async def _on_client_gone(request: Request, exc: Exception) -> Response:

@@ -18,7 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServiceSettings(BaseSettings):
     """Knobs of the scoring service (env prefix `RLHF_`)."""
 
-    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RLHF_", extra="ignore", env_ignore_empty=True
+    )  # RLHF_API_KEY= means no key
 
     bundle: Path | None = Field(
         default=None, description="bundle directory; None = start unready, load via reload"

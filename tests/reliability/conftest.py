@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from _pytest.terminal import TerminalReporter
 
 from tests.reliability.figures import FIGURES, Figures
 from tests.service.conftest import bundle_root, bundle_v1  # noqa: F401  (re-exported fixtures)
@@ -21,7 +20,7 @@ def figures() -> Figures:
     return FIGURES
 
 
-def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not FIGURES.scenarios:
         return  # the suite did not run (e.g. -k selected other tests)
     path = FIGURES.write()

@@ -1,9 +1,9 @@
 """A scoring server in its own process (so tests can signal it, kill it and read its memory).
 
-    with ServerProcess(bundle, delay=0.02, max_queue_pairs=32) as server:
-        httpx.post(f"{server.url}/score", json=...)
-        server.rss_bytes()            # resident memory of the server process
-        server.terminate()            # SIGTERM: the drain
+with ServerProcess(bundle, delay=0.02, max_queue_pairs=32) as server:
+    httpx.post(f"{server.url}/score", json=...)
+    server.rss_bytes()            # resident memory of the server process
+    server.terminate()            # SIGTERM: the drain
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tests.service.conftest import dead_url, wait_ready
 
@@ -36,9 +36,12 @@ class ServerProcess:
             **{f"RLHF_{k.upper()}": str(v) for k, v in settings.items()},
         }
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()  # the server's stderr (a pipe could fill up and block it)
+        # the server's stderr goes to a file (a pipe could fill up and block it); opened by start()
+        self.log: IO[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
+        """Start (or restart, on the same port) the server and wait until /readyz says ready."""
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  lives as long as the process; closed by stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.reliability.serve_slow"], cwd=ROOT, env=self.env,
             stdout=subprocess.DEVNULL, stderr=self.log,
@@ -74,9 +77,14 @@ class ServerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def stderr(self) -> str:
+        """The tail of the server's log (for assertion messages)."""
+        if self.log is None:
+            return ""
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-4000:]
 

@@ -98,7 +98,9 @@ def test_bad_input_is_a_clear_4xx(server: LiveServer, figures: Figures, name: st
     scenario.assert_nothing_lost(name)
 
 
-def test_chunked_body_without_content_length_is_cut_at_the_limit(server: LiveServer, figures: Figures) -> None:
+def test_chunked_body_without_content_length_is_cut_at_the_limit(
+    server: LiveServer, figures: Figures
+) -> None:
     """A chunked upload never declares its size: the limit applies to the bytes as they arrive."""
     scenario = figures.scenario("bad-inputs")
     sent_bytes = 0
@@ -152,3 +154,13 @@ def test_empty_strings_get_a_finite_score(server: LiveServer, figures: Figures, 
     scenario.sent += 2
     assert groups.status_code == 200 and all(math.isfinite(s) for s in groups.json()["groups"][0]["scores"])
     assert rewards.status_code == 200 and math.isfinite(rewards.json()["rewards"][0])
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("POST", "/nope", 404), ("GET", "/score", 405)])
+def test_unknown_route_and_wrong_method_answer_in_the_error_format(
+    server: LiveServer, figures: Figures, method: str, path: str, status: int
+) -> None:
+    scenario = figures.scenario("bad-inputs")
+    scenario.inputs += 1
+    scenario.sent += 1
+    _assert_error(httpx.request(method, f"{server.url}{path}", json={"pairs": [PAIR]}, timeout=30), status)

@@ -55,26 +55,43 @@ def nan_head(bundle: Path) -> None:
     rehash(bundle)
 
 
+def rewritten(contents: dict[str, bytes]) -> Callable[[Path], None]:
+    """Damage: overwrite files with `contents`, then re-hash (the loader, not the hash, must catch it)."""
+
+    def damage(bundle: Path) -> None:
+        for name, data in contents.items():
+            (bundle / name).write_bytes(data)
+        rehash(bundle)
+
+    return damage
+
+
+def truncated_graphs(bundle: Path) -> None:
+    truncate(bundle / FP32)
+    truncate(bundle / INT8)
+    rehash(bundle)
+
+
+def other_format(bundle: Path) -> None:
+    (bundle / MANIFEST_NAME).write_text(json.dumps({"format": "pickle"}))
+
+
 # name -> (damage to apply to a copy of a good bundle, words the refusal must contain)
 FAULTS: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "hash mismatch (one byte flipped)": (lambda b: flip_byte(b / FP32), ("sha256", FP32)),
     "int8 graph hash mismatch": (lambda b: flip_byte(b / INT8), ("sha256", INT8)),
     "tokenizer hash mismatch": (lambda b: flip_byte(b / TOKENIZER_NAME), ("sha256", TOKENIZER_NAME)),
-    "corrupt graph (garbage, re-hashed)": (lambda b: ((b / FP32).write_bytes(b"\x00garbage" * 999),
-                                                      (b / INT8).write_bytes(b"junk" * 99), rehash(b)), ()),
-    "truncated graph (re-hashed)": (lambda b: (truncate(b / FP32), truncate(b / INT8), rehash(b)), ()),
-    "empty graph (re-hashed)": (lambda b: ((b / FP32).write_bytes(b""), (b / INT8).write_bytes(b""),
-                                           rehash(b)), ()),
-    "corrupt tokenizer (re-hashed)": (lambda b: ((b / TOKENIZER_NAME).write_text("{not json"), rehash(b)),
-                                      ("not a valid tokenizer",)),
+    "corrupt graph (garbage, re-hashed)": (rewritten({FP32: b"\x00garbage" * 999, INT8: b"junk" * 99}), ()),
+    "truncated graph (re-hashed)": (truncated_graphs, ()),
+    "empty graph (re-hashed)": (rewritten({FP32: b"", INT8: b""}), ()),
+    "corrupt tokenizer (re-hashed)": (rewritten({TOKENIZER_NAME: b"{not json"}), ("not a valid tokenizer",)),
     "truncated manifest": (lambda b: truncate(b / MANIFEST_NAME), (MANIFEST_NAME,)),
-    "manifest of another format": (
-        lambda b: (b / MANIFEST_NAME).write_text(json.dumps({"format": "pickle"})), ("format",)),
+    "manifest of another format": (other_format, ("format",)),
     "missing graph file": (lambda b: (b / FP32).unlink(), ("missing",)),
     "missing manifest": (lambda b: (b / MANIFEST_NAME).unlink(), ("missing",)),
-    "missing bundle directory": (lambda b: shutil.rmtree(b), ("does not exist",)),
+    "missing bundle directory": (shutil.rmtree, ("does not exist",)),
     "graph that scores NaN (canary)": (nan_head, ("canary",)),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +157,9 @@ def test_broken_bundles_are_refused_and_the_old_model_keeps_serving(
     bad = [s for s in seen if s != (200, baseline, "1")]
     scenario.lost += len(bad)
     assert not failures, "\n".join(failures)
-    assert len(seen) > 3 and not bad, f"{len(bad)} of {len(seen)} requests during reloads were not v1's answer"
+    assert len(seen) > 3 and not bad, (
+        f"{len(bad)} of {len(seen)} requests during reloads were not v1's answer"
+    )
     metrics = httpx.get(f"{server.url}/metrics").text
     assert f'rlhf_reloads_total{{result="failed"}} {float(len(FAULTS))}' in metrics
     scenario.assert_nothing_lost("faults/reload")

@@ -63,3 +63,4 @@ def test_api_fuzz(case: schemathesis.Case, fuzz_server: LiveServer, figures: Fig
         scenario.lost += 1
     case.validate_response(response, checks=CHECKS)
     assert fuzz_server.app.state.service.model.version == "1", "a fuzzed request changed the model"
+    scenario.assert_nothing_lost("fuzz")

@@ -26,7 +26,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -34,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from service.bundle import MODEL_FILES, TOKENIZER_NAME, Manifest, load_bundle, utc_now, write_manifest
 from service.encoding import EncodedPair, PairEncoder, TruncationPolicy, pad_batch
-from service.onnx_scoring import SCORE_OUTPUT, length_sorted_batches, make_session, score_encoded
+from service.onnx_scoring import length_sorted_batches, make_session, score_encoded
 from training.reward.config import CONFIG_NAME, ConfigError, RewardConfig
 from training.reward.data import DataError, PreferencePair, load_run_split
 from training.reward.evaluate import encode_pair_sides, pairwise_accuracy
@@ -52,6 +50,7 @@ from training.reward.gate import (
     int8_accuracy_failure,
 )
 from training.reward.model import accepted_input_names, load_reward_model
+from training.reward.onnx_export import export_onnx, torch_scores
 from training.reward.quantize import DEFAULT_RECIPES, QuantRecipe, quantize_int8
 
 log = logging.getLogger(__name__)
@@ -91,19 +90,6 @@ class ExportResult:
     gate: dict[str, Any]  # the measured numbers, also in manifest["gate"]
 
 
-class ScoreOnly(torch.nn.Module):
-    """The reward model with positional inputs (in ``input_names`` order) and one output: score [batch]."""
-
-    def __init__(self, model: torch.nn.Module, input_names: Sequence[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.input_names = list(input_names)
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        logits = self.model(**dict(zip(self.input_names, inputs, strict=True))).logits  # [b, 1]
-        return logits[:, 0]
-
-
 def find_final_dir(run_dir: Path) -> Path:
     """RUN/final, or RUN itself when it is already a final directory."""
     for candidate in (run_dir / "final", run_dir):
@@ -122,45 +108,6 @@ def read_score_stats(final_dir: Path) -> dict[str, float]:
         return {"mean": float(stats["mean"]), "std": float(stats["std"])}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RunDirError(f"{path}: cannot read the train-set score mean/std ({exc})") from exc
-
-
-def export_onnx(
-    model: torch.nn.Module, input_names: Sequence[str], sample: dict[str, np.ndarray], path: Path, opset: int
-) -> None:
-    """TorchScript-based export (dynamo=False) with dynamic batch and sequence axes."""
-    wrapper = ScoreOnly(model, input_names).eval()
-    args = tuple(torch.from_numpy(sample[name]) for name in input_names)
-    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-        torch.onnx.export(
-            wrapper,
-            args,
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=list(input_names),
-            output_names=[SCORE_OUTPUT],
-            dynamic_axes={**axes, SCORE_OUTPUT: {0: "batch"}},
-        )
-    model.eval()  # export restores the wrapper's mode; the model must stay in eval for the gate
-
-
-@torch.no_grad()
-def torch_scores(
-    model: torch.nn.Module,
-    input_names: Sequence[str],
-    encoded: Sequence[EncodedPair],
-    pad_token_id: int,
-    batch_size: int,
-) -> np.ndarray:
-    """PyTorch scores [n] over the same length-sorted padded batches onnxruntime sees."""
-    wrapper = ScoreOnly(model, input_names).eval()
-    scores = np.empty(len(encoded), dtype=np.float64)
-    for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
-        batch = pad_batch([encoded[i] for i in idx], pad_token_id)
-        scores[idx] = wrapper(*(torch.from_numpy(batch[n]) for n in input_names)).double().numpy()
-    return scores
 
 
 def spread_sample(pairs: Sequence[PreferencePair], n: int) -> list[PreferencePair]:

@@ -1,0 +1,74 @@
+"""PyTorch -> ONNX: the fp32 graph of a reward model, and PyTorch scores to check it against.
+
+    export_onnx(model, ["input_ids", "attention_mask", "token_type_ids"], sample_batch, path, opset=17)
+    reference = torch_scores(model, input_names, encoded, pad_token_id, batch_size=32)
+
+The graph takes the inputs in ``input_names`` order, each int64 [batch, sequence] with both axes
+dynamic, and returns one output "score" [batch] (the scalar head's logit). The TorchScript-based
+exporter (dynamo=False) is used: it handles the BERT family's attention-mask arithmetic with dynamic
+shapes, and the export gate (export.py) proves the result matches PyTorch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.encoding import EncodedPair, pad_batch
+from service.onnx_scoring import SCORE_OUTPUT, length_sorted_batches
+
+
+class ScoreOnly(torch.nn.Module):
+    """The reward model with positional inputs (in ``input_names`` order) and one output: score [batch]."""
+
+    def __init__(self, model: torch.nn.Module, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = list(input_names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        logits = self.model(**dict(zip(self.input_names, inputs, strict=True))).logits  # [b, 1]
+        return logits[:, 0]
+
+
+def export_onnx(
+    model: torch.nn.Module, input_names: Sequence[str], sample: dict[str, np.ndarray], path: Path, opset: int
+) -> None:
+    """TorchScript-based export (dynamo=False) with dynamic batch and sequence axes."""
+    wrapper = ScoreOnly(model, input_names).eval()
+    args = tuple(torch.from_numpy(sample[name]) for name in input_names)
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=[SCORE_OUTPUT],
+            dynamic_axes={**axes, SCORE_OUTPUT: {0: "batch"}},
+        )
+    model.eval()  # export restores the wrapper's mode; the model must stay in eval for the gate
+
+
+@torch.no_grad()
+def torch_scores(
+    model: torch.nn.Module,
+    input_names: Sequence[str],
+    encoded: Sequence[EncodedPair],
+    pad_token_id: int,
+    batch_size: int,
+) -> np.ndarray:
+    """PyTorch scores [n] over the same length-sorted padded batches onnxruntime sees."""
+    wrapper = ScoreOnly(model, input_names).eval()
+    scores = np.empty(len(encoded), dtype=np.float64)
+    for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
+        batch = pad_batch([encoded[i] for i in idx], pad_token_id)
+        scores[idx] = wrapper(*(torch.from_numpy(batch[n]) for n in input_names)).double().numpy()
+    return scores
