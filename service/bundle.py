@@ -172,7 +172,10 @@ def write_manifest(bundle_dir: Path, fields: dict[str, object]) -> Manifest:
         raise IntegrityError(f"{bundle_dir / TOKENIZER_NAME} is missing")
     try:
         manifest = Manifest(
-            format=BUNDLE_FORMAT, format_version=FORMAT_VERSION, files=files, **fields  # type: ignore[arg-type]
+            format=BUNDLE_FORMAT,
+            format_version=FORMAT_VERSION,
+            files=files,
+            **fields,  # type: ignore[arg-type]
         )
     except ValidationError as exc:
         raise ManifestError(f"refusing to write an invalid manifest: {exc}") from exc

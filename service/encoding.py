@@ -92,9 +92,7 @@ class PairEncoder:
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
         if not questions:
             return []
-        encodings = self.tokenizer.encode_batch(
-            [*questions, *answers], add_special_tokens=False
-        )
+        encodings = self.tokenizer.encode_batch([*questions, *answers], add_special_tokens=False)
         n = len(questions)
         return [self._join(encodings[i], encodings[n + i]) for i in range(n)]
 

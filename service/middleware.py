@@ -46,7 +46,12 @@ class RequestMetricsMiddleware:
 
 
 def _known_path(scope: Scope) -> str:
-    """Label for a request refused before routing (e.g. 413 on bytes): its path if it is a route."""
+    """Label for a request refused before routing (e.g. 413 on bytes): its path if it is a route.
+
+    Only known paths become labels, so random URLs cannot blow up the metric's cardinality.
+    """
+    from service.api import router  # the service's own routes; app.routes wraps them in FastAPI >= 0.16x
+
     path = scope.get("path", "")
-    known = {getattr(r, "path", None) for r in scope["app"].routes}
+    known = {getattr(r, "path", None) for r in (*scope["app"].routes, *router.routes)}
     return path if path in known else "unmatched"

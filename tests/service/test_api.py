@@ -295,6 +295,14 @@ def test_413_is_counted_in_metrics(limited: LiveServer) -> None:
         if s.name == "rlhf_rejected_total"
     }
     assert rejected["too_large"] >= 1
+    by_route = {
+        (s.labels["route"], s.labels["status"])
+        for f in text_string_to_metric_families(text)
+        if f.name == "rlhf_requests"
+        for s in f.samples
+        if s.name == "rlhf_requests_total"
+    }
+    assert ("/score", "413") in by_route, "a request refused before routing is labelled with its route"
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,9 @@ def load_reward_model(name_or_path: str) -> PreTrainedModel:
     return model
 
 
-def model_inputs(batch: dict[str, np.ndarray], input_names: Sequence[str], device: torch.device | str) -> dict:
+def model_inputs(
+    batch: dict[str, np.ndarray], input_names: Sequence[str], device: torch.device | str
+) -> dict:
     """Numpy batch from `pad_batch` → tensors for the inputs this model accepts."""
     return {name: torch.from_numpy(batch[name]).to(device) for name in input_names}
 
