@@ -69,3 +69,16 @@ def test_tiny_run_learns_and_writes_the_output_contract(
     assert (out / "checkpoint" / "trainer_state.pt").is_file()
     train_split, val_split = load_run_split(out)
     assert len(train_split) == 48 and len(val_split) == 16
+
+
+def test_disable_dropout_makes_training_mode_forward_deterministic(tiny_model: Path) -> None:
+    from training.reward.model import load_reward_model
+    from training.reward.train import disable_dropout
+
+    model = load_reward_model(str(tiny_model))
+    model.train()
+    ids = torch.randint(1000, 2000, (4, 16))
+    with torch.no_grad():
+        assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+        disable_dropout(model)
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -56,6 +56,7 @@ async def evaluate(
     score_mean: float,
     score_std: float,
     out_jsonl: Path | None = None,
+    threads: int = 0,
 ) -> EvalResult:
     """Sample ``samples`` answers per prompt with a fixed seed (the global RNG is restored after)."""
     raw_all: list[np.ndarray] = []
@@ -64,7 +65,7 @@ async def evaluate(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + EVAL_SEED_OFFSET)
         for prompt in prompts:
-            group = sample_group(policy, prompt, samples, max_new_tokens, temperature, top_p)
+            group = sample_group(policy, prompt, samples, max_new_tokens, temperature, top_p, threads=threads)
             scores = await score_answers(client, prompt.question, group.texts, "raw")
             raw_all.append(scores.raw)
             lengths.extend(int(n) for n in group.lengths)

@@ -91,6 +91,18 @@ class Policy:
         return int(pad) if pad is not None else self.eos_token_ids[0]
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with n intra-op CPU threads (0 = leave as is); restores the previous count."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def load_policy(config: PolicyConfig, keep_reference: bool | None = None) -> Policy:
     """Load the causal LM of ``config.model`` (default SmolLM2 GGUF), wrap it with LoRA unless full FT."""
     name, gguf = config.model, config.gguf_file

@@ -9,11 +9,12 @@ The k answers to a prompt share the prompt, so a group needs no left padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from training.policy.policy import Policy
+from training.policy.policy import Policy, torch_threads
 from training.policy.prompts import Prompt
 
 
@@ -84,6 +85,7 @@ def sample_group(
     temperature: float = 1.0,
     top_p: float = 1.0,
     greedy: bool = False,
+    threads: int = 0,
 ) -> Group:
     """k answers to one prompt with model.generate; log-probs from the raw logits of each step."""
     model: PreTrainedModel = policy.model
@@ -91,20 +93,8 @@ def sample_group(
     was_training = model.training
     model.eval()  # no dropout while sampling: the sampled policy is the one being trained
     try:
-        out = model.generate(  # type: ignore[operator]
-            input_ids=prompt_ids.unsqueeze(0),
-            attention_mask=torch.ones_like(prompt_ids).unsqueeze(0),
-            do_sample=not greedy,
-            temperature=temperature if not greedy else None,
-            top_p=top_p if not greedy else None,
-            top_k=None,
-            num_return_sequences=k,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=policy.eos_token_ids,
-            pad_token_id=policy.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
+        with torch_threads(threads):
+            out = _generate(model, prompt_ids, k, max_new_tokens, temperature, top_p, greedy, policy)
     finally:
         model.train(was_training)
     actions = out.sequences[:, prompt_ids.shape[0] :]  # [k, T]
@@ -116,3 +106,29 @@ def sample_group(
         for row, m in zip(actions, mask, strict=True)
     ]
     return Group(prompt, prompt_ids, actions, logprobs, mask, texts, finished)
+
+
+def _generate(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    policy: Policy,
+) -> Any:
+    return model.generate(  # type: ignore[operator]
+        input_ids=prompt_ids.unsqueeze(0),
+        attention_mask=torch.ones_like(prompt_ids).unsqueeze(0),
+        do_sample=not greedy,
+        temperature=temperature if not greedy else None,
+        top_p=top_p if not greedy else None,
+        top_k=None,
+        num_return_sequences=k,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=policy.eos_token_ids,
+        pad_token_id=policy.pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )

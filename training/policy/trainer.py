@@ -18,10 +18,10 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from training.policy.checkpoint import TrainState, load_checkpoint, save_checkpo
 from training.policy.config import PolicyConfig
 from training.policy.errors import RewardModelChanged
 from training.policy.evaluate import EvalResult, evaluate
-from training.policy.policy import Policy, load_policy
+from training.policy.policy import Policy, load_policy, torch_threads
 from training.policy.prompts import (
     Prompt,
     PromptSets,
@@ -54,6 +54,7 @@ from training.policy.update import policy_update
 from training.runlog import JsonlLogger, plot_curves, read_jsonl
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PLOT_KEYS = (
     "reward_mean",
@@ -111,8 +112,9 @@ async def collect(policy: Policy, client: Any, prompts: Sequence[Prompt], config
     for prompt in prompts:
         t0 = time.perf_counter()
         group = await asyncio.to_thread(
-            sample_group, policy, prompt, config.k, config.max_new_tokens, config.temperature, config.top_p
-        )
+            sample_group, policy, prompt, config.k, config.max_new_tokens, config.temperature, config.top_p,
+            False, config.gen_threads,
+        )  # fmt: skip
         gen_seconds += time.perf_counter() - t0
         groups.append(group)
         tasks.append(
@@ -121,6 +123,12 @@ async def collect(policy: Policy, client: Any, prompts: Sequence[Prompt], config
     t0 = time.perf_counter()
     parts = await asyncio.gather(*tasks)
     return Collected(groups, merge_scores(parts), gen_seconds, time.perf_counter() - t0)
+
+
+def _with_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
+    """Call fn with `threads` torch CPU threads, set in the calling (worker) thread itself."""
+    with torch_threads(threads):
+        return fn(*args)
 
 
 async def _close(client: Any) -> None:
@@ -196,6 +204,7 @@ async def _run(
         result = await evaluate(
             policy, client, sets.eval, config.eval_samples, config.max_new_tokens, config.temperature,
             config.top_p, config.seed, info.score_mean, info.score_std, out / f"eval_{name}_samples.jsonl",
+            threads=config.gen_threads,
         )  # fmt: skip
         cached.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
         return result
@@ -229,8 +238,9 @@ async def _run(
                 )
         t0 = time.perf_counter()
         stats = await asyncio.to_thread(
-            policy_update, policy, optimizer, collected.groups, seq_rewards, config, state.baseline_value
-        )
+            _with_threads, config.train_threads, policy_update,
+            policy, optimizer, collected.groups, seq_rewards, config, state.baseline_value,
+        )  # fmt: skip
         update_seconds = time.perf_counter() - t0
         step_seconds = time.perf_counter() - t_step
         # 4. log

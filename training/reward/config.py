@@ -89,6 +89,11 @@ class RewardConfig:
     # the usual transformer value; rare long pairs otherwise give occasional huge updates
     clip_grad: float = field(default=1.0, metadata={"help": "Max global gradient norm; 0 disables clipping."})
 
+    # TRL's RewardTrainer turns dropout off by default; on 2,000 pairs and one epoch it may help
+    disable_dropout: bool = field(
+        default=False, metadata={"help": "Set every dropout probability of the model to 0 while training."}
+    )
+
     # -- loss ----------------------------------------------------------------------------------------
     # loss = -logsigmoid(r_c - r_r - margin); 0 is the plain Bradley-Terry loss
     margin: float = field(default=0.0, metadata={"help": "Margin subtracted from r_chosen - r_rejected."})

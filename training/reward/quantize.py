@@ -47,8 +47,6 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from training.reward.smooth import smooth_matmuls
-
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -75,12 +73,9 @@ class QuantRecipe:
     # requantises every output (QLinearMatMul + Q/DQ pairs): a second rounding and extra passes
     quantize_outputs: bool = False
     # True = only MatMuls with a constant (weight) operand; the attention-score MatMuls (Q.K^T, P.V)
-    # stay fp32. Measured on MiniLM: score correlation with fp32 0.897 -> 0.907, not worth their speed
+    # stay fp32. Measured on a partly trained MiniLM (requantised outputs): score correlation with fp32
+    # 0.897 -> 0.907, not worth their speed
     weight_matmuls_only: bool = False
-    # MatMuls (node-name regexes) whose input channel outliers are moved into the weights first
-    # (SmoothQuant, see smooth.py); () = none
-    smooth_nodes: tuple[str, ...] = ()
-    smooth_alpha: float = 0.5  # 0 = no migration, 1 = all of the activation range into the weights
     # node-name patterns (regex, searched) that stay fp32; () = none
     fp32_nodes: tuple[str, ...] = ()
     # encoder layers (negative = from the end) that fp32_nodes apply to (() = every layer); with
@@ -102,8 +97,6 @@ class QuantRecipe:
         parts.append("per-channel weights" if self.per_channel else "per-tensor weights")
         if not self.quantize_outputs:
             parts.append("fp32 outputs")
-        if self.smooth_nodes:
-            parts.append(f"SmoothQuant alpha {self.smooth_alpha} on " + " | ".join(self.smooth_nodes))
         parts.append(
             "ops " + "+".join(self.op_types) + (" (weights only)" if self.weight_matmuls_only else "")
         )
@@ -117,8 +110,7 @@ class QuantRecipe:
 
     def calibration_key(self) -> str:
         """File name of the activation ranges this recipe needs (shared by recipes that differ only in fp32 nodes)."""
-        smooth = f"-smooth{self.smooth_alpha}-" + "|".join(self.smooth_nodes) if self.smooth_nodes else ""
-        key = f"{self.calibration}-{self.percentile}-{'+'.join(self.op_types)}{smooth}"
+        key = f"{self.calibration}-{self.percentile}-{'+'.join(self.op_types)}"
         return f"ranges-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -198,9 +190,6 @@ def quantize_int8(
         # dynamic-shape mask arithmetic defeats symbolic shape inference, which is optional
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
-        if recipe.smooth_nodes:
-            model, _ = smooth_matmuls(model, recipe.smooth_nodes, calibration_batches, recipe.smooth_alpha)
-            onnx.save(model, str(prepared))
         graph_inputs = {i.name for i in model.graph.input}
         batches = [{k: v for k, v in b.items() if k in graph_inputs} for b in calibration_batches]
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints per batch

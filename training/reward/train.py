@@ -77,6 +77,13 @@ def lr_at(step: int, total_steps: int, config: RewardConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * shape)
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout probability to 0 (TRL's default for reward models); attention reads the same ``p``."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A well-mixed 63-bit seed per (run seed, step, rank): dropout masks without saved RNG state."""
     digest = hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()
@@ -124,6 +131,8 @@ def train(
     raw_model = load_reward_model(str(ckpt.path) if ckpt else config.base_model)
     raw_model.to(env.device)  # type: ignore[arg-type]  # in place; transformers types .to() oddly
     raw_model.train()
+    if config.disable_dropout:
+        disable_dropout(raw_model)
     optimizer = torch.optim.AdamW(_param_groups(raw_model, config.weight_decay), lr=config.lr)
     if ckpt:
         optimizer.load_state_dict(ckpt.state["optimizer"])
