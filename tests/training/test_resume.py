@@ -30,6 +30,7 @@ def _config(tiny_model: Path, pairs_file: Path):
         checkpoint_every=4,
         eval_every=5,
         decay="cosine",
+        disable_dropout=False,  # resume must reproduce dropout masks too
         warmup_ratio=0.2,
     )
 

@@ -90,3 +90,13 @@ def test_same_seed_same_samples(policy: Policy, prompts: list) -> None:
     torch.manual_seed(7)
     b = sample_group(policy, prompts[2], k=2, max_new_tokens=6)
     assert torch.equal(a.actions, b.actions) and a.texts == b.texts
+
+
+def test_sampling_threads_are_restored_afterwards(policy: Policy, prompts: list) -> None:
+    before = torch.get_num_threads()
+    torch.manual_seed(1)
+    one_thread = sample_group(policy, prompts[0], k=2, max_new_tokens=4, threads=1)
+    assert torch.get_num_threads() == before
+    torch.manual_seed(1)
+    default = sample_group(policy, prompts[0], k=2, max_new_tokens=4)
+    assert torch.equal(one_thread.actions, default.actions)  # threads change speed, not samples

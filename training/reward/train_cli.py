@@ -42,7 +42,12 @@ def train_rm_command(
     seed: Annotated[int | None, _opt("seed")] = None,
     margin: Annotated[float | None, _opt("margin")] = None,
     center_coef: Annotated[float | None, _opt("center_coef")] = None,
-    disable_dropout: Annotated[bool | None, _opt("disable_dropout")] = None,
+    disable_dropout: Annotated[
+        bool | None,
+        typer.Option(
+            "--disable-dropout/--keep-dropout", help=field_help("disable_dropout"), show_default=False
+        ),
+    ] = None,
     eval_every: Annotated[int | None, _opt("eval_every")] = None,
     checkpoint_every: Annotated[int | None, _opt("checkpoint_every")] = None,
     device: Annotated[str | None, _opt("device")] = None,
