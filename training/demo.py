@@ -64,8 +64,16 @@ def rlhf(*args: str) -> list[str]:
     return [sys.executable, "-m", "training.cli", *args]
 
 
+def shown(command: Sequence[str]) -> str:
+    """How a user would type the command: `rlhf ...` instead of `python -m training.cli ...`."""
+    prefix = rlhf()
+    if list(command[: len(prefix)]) == prefix:
+        return " ".join(["rlhf", *command[len(prefix) :]])
+    return " ".join(command)
+
+
 def run_step(title: str, command: Sequence[str], capture: bool = False) -> str:
-    print(f"\n=== {title}\n$ {' '.join(command[2:]) if command[:2] == rlhf()[:2] else ' '.join(command)}")
+    print(f"\n=== {title}\n$ {shown(command)}", flush=True)
     started = time.monotonic()
     result = subprocess.run(command, check=False, text=True, stdout=subprocess.PIPE if capture else None)
     if result.returncode != 0:
@@ -101,7 +109,7 @@ def running_service(bundle: Path, port: int, log_path: Path, ready_timeout: floa
 
     url = f"http://127.0.0.1:{port}"
     command = rlhf("serve", "--bundle", str(bundle), "--port", str(port), "--host", "127.0.0.1")
-    print(f"\n=== scoring service\n$ {' '.join(command[2:])}   (log: {log_path})")
+    print(f"\n=== scoring service\n$ {shown(command)}   (log: {log_path})", flush=True)
     with log_path.open("w", encoding="utf-8") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
