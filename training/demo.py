@@ -156,7 +156,10 @@ def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary:
         ("policy reward before (held-out)", f"{before.get('mean_raw', float('nan')):+.3f}"),
         ("policy reward after  (held-out)", f"{after.get('mean_raw', float('nan')):+.3f}"),
         ("gain in RM score std", f"{policy_summary.get('gain_in_std', float('nan')):+.2f}"),
-        ("KL to reference (last step)", f"{policy_summary.get('kl_last')}"),
+        (
+            "KL to reference (last step)",
+            f"{float(policy_summary.get('kl_last') or float('nan')):.3f} nats per answer",
+        ),
         (
             "scoring share of step time",
             f"{100 * float(policy_summary.get('scoring_share_mean', float('nan'))):.1f}%",
