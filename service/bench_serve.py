@@ -40,10 +40,8 @@ import httpx
 import numpy as np
 import typer
 
-from service.backend import OnnxBackend
 from service.bundle import load_bundle
 from service.encoding import pad_batch
-from service.model import choose_precision
 
 DATA = Path(__file__).resolve().parents[1] / "training" / "data" / "hh-rlhf-harmless-2000.jsonl.gz"
 ASSISTANT = "\n\nAssistant:"
@@ -87,6 +85,10 @@ def load_hh_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
 
 def raw_onnxruntime(bundle_dir: Path, precision: str, pairs: Sequence[tuple[str, str]], threads: int) -> Row:
     """The engine's limit: length-sorted, pre-tokenised, pre-padded batches of 32, session.run only."""
+    # onnxruntime loads only when a benchmark runs, so `rlhf --help` stays fast
+    from service.backend import OnnxBackend
+    from service.model import choose_precision
+
     bundle = load_bundle(bundle_dir)
     chosen = choose_precision(bundle, precision)  # type: ignore[arg-type]
     backend = OnnxBackend(bundle.model_path(chosen), bundle.manifest.input_names, threads)
