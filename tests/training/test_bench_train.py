@@ -42,6 +42,13 @@ def test_bench_train_smoke_runs_both_sides(tmp_path: Path, tiny_model: Path) -> 
     assert report["ours_all"]["steps"] == 4 and report["ours_kept"]["steps"] >= 1
     for side in ("trl", "ours_kept", "ours_all"):
         assert 0.0 <= report[side]["heldout_accuracy"] <= 1.0 and report[side]["train_time_s"] > 0
+    # TRL's model is scored both as TRL leaves it (right truncation) and with our left truncation
+    assert 0.0 <= report["trl"]["heldout_accuracy_left_truncated"] <= 1.0
+    gain_left = 100 * (
+        report["ours_all"]["heldout_accuracy"] - report["trl"]["heldout_accuracy_left_truncated"]
+    )
+    assert report["accuracy_gain_points_vs_trl_left_truncated"] == pytest.approx(gain_left)
+    assert "TRL scored with our left truncation" in result.output
     assert report["wall_time_ratio_ours_over_trl"] > 0 and report["cpu_time_ratio_ours_over_trl"] > 0
     pad = report["padding"]
     assert pad["trl"]["padded_tokens"] >= pad["trl"]["real_tokens"] > 0
