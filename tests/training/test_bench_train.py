@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from training.cli import app
+from training.reward.bench_train import paired_gain
 
 
 @pytest.mark.slow
@@ -52,3 +53,13 @@ def test_bench_train_smoke_runs_both_sides(tmp_path: Path, tiny_model: Path) -> 
     assert report["wall_time_ratio_ours_over_trl"] > 0 and report["cpu_time_ratio_ours_over_trl"] > 0
     pad = report["padding"]
     assert pad["trl"]["padded_tokens"] >= pad["trl"]["real_tokens"] > 0
+
+
+def test_paired_gain_counts_only_pairs_the_models_disagree_on() -> None:
+    ours = [True, True, True, False, True, False]
+    theirs = [True, False, True, False, False, False]
+    gain, se = paired_gain(ours, theirs)
+    # differences 0,1,0,0,1,0: mean 1/3, sample std sqrt(4/15), s.e. sqrt(4/15)/sqrt(6)
+    assert gain == pytest.approx(100 / 3)
+    assert se == pytest.approx(100 * (4 / 15) ** 0.5 / 6**0.5)
+    assert paired_gain(theirs, theirs) == (0.0, 0.0)

@@ -196,11 +196,12 @@ def run_bench(
         all_run = _train_ours(replace(base, data=str(all_file), val_fraction=0.0), out / "ours-all")
     result["ours_all"] = {**all_run, **_heldout_ours(Path(all_run["final_dir"]), base, val_pairs)}
     if "trl" in result:
-        ours_acc = result["ours_all"]["heldout_accuracy"]
-        result["accuracy_gain_points"] = 100 * (ours_acc - result["trl"]["heldout_accuracy"])
-        result["accuracy_gain_points_vs_trl_left_truncated"] = 100 * (
-            ours_acc - result["trl"]["heldout_accuracy_left_truncated"]
-        )
+        ours_correct, trl = result["ours_all"]["heldout_correct"], result["trl"]
+        gain, se = paired_gain(ours_correct, trl["heldout_correct"])
+        gain_left, se_left = paired_gain(ours_correct, trl["heldout_correct_left_truncated"])
+        result["accuracy_gain_points"], result["accuracy_gain_se_points"] = gain, se
+        result["accuracy_gain_points_vs_trl_left_truncated"] = gain_left
+        result["accuracy_gain_se_points_vs_trl_left_truncated"] = se_left
     _save(out, result)
     return result
 
@@ -275,7 +276,7 @@ def _heldout_ours(final_dir: Path, base: RewardConfig, val_pairs: list) -> dict[
     questions = [p.question for p in val_pairs]
     r_c = score_pairs(model, encoder, questions, [p.chosen for p in val_pairs], 32)
     r_r = score_pairs(model, encoder, questions, [p.rejected for p in val_pairs], 32)
-    return {"heldout_accuracy": float((r_c > r_r).mean()), "heldout_margin": float((r_c - r_r).mean())}
+    return _heldout_summary(r_c, r_r)
 
 
 def _heldout_trl(
@@ -302,10 +303,32 @@ def _heldout_trl(
                 out[start : start + 32] = model(**enc).logits[:, 0].double().numpy()
             scores.append(out)
     r_c, r_r = scores
+    return _heldout_summary(r_c, r_r, suffix)
+
+
+def _heldout_summary(r_c: Any, r_r: Any, suffix: str = "") -> dict[str, Any]:
+    """Accuracy (ties count as wrong), mean margin, and which pairs were right (for paired errors)."""
+    correct = r_c > r_r
     return {
-        f"heldout_accuracy{suffix}": float((r_c > r_r).mean()),
+        f"heldout_accuracy{suffix}": float(correct.mean()),
         f"heldout_margin{suffix}": float((r_c - r_r).mean()),
+        f"heldout_correct{suffix}": [bool(c) for c in correct],
     }
+
+
+def paired_gain(ours: list[bool], theirs: list[bool]) -> tuple[float, float]:
+    """Accuracy gain in points and its standard error, paired over the same held-out pairs.
+
+    Why paired: both models see the same 200-odd pairs, so the pairs both get right (or both wrong)
+    carry no information about the difference; the unpaired error would overstate the noise.
+    """
+    import numpy as np
+
+    diff = np.asarray(ours, dtype=float) - np.asarray(theirs, dtype=float)
+    if diff.size == 0:
+        return 0.0, 0.0
+    se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+    return 100 * float(diff.mean()), 100 * se
 
 
 def _write_pairs(path: Path, pairs: list) -> Path:
@@ -354,8 +377,10 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"TRL scored with our left truncation: held-out acc {left:.3f}")
     if "accuracy_gain_points" in result:
         lines.append(
-            f"held-out accuracy ours(all) - TRL: {result['accuracy_gain_points']:+.1f} points "
-            f"(vs TRL with our truncation: {result['accuracy_gain_points_vs_trl_left_truncated']:+.1f})"
+            f"held-out accuracy ours(all) - TRL: {result['accuracy_gain_points']:+.1f} "
+            f"± {result['accuracy_gain_se_points']:.1f} points (paired s.e.); vs TRL with our truncation: "
+            f"{result['accuracy_gain_points_vs_trl_left_truncated']:+.1f} "
+            f"± {result['accuracy_gain_se_points_vs_trl_left_truncated']:.1f}"
         )
     lines.append(
         f"padded tokens per epoch TRL/ours: {pad['padded_token_ratio_trl_over_ours']:.2f}x "
