@@ -44,6 +44,12 @@ def export_command(
         float, typer.Option(help="Max pairwise-accuracy points int8 may lose vs fp32; else only fp32 ships.")
     ] = 1.0,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads during the gate.")] = 2,
+    attention: Annotated[
+        str,
+        typer.Option(
+            help="Attention traced into the graphs: eager (fastest in onnxruntime), sdpa, or model (as loaded)."
+        ),
+    ] = "eager",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing bundle at --out.")
     ] = False,
@@ -61,6 +67,7 @@ def export_command(
         int8=not no_int8,
         max_int8_drop=max_int8_drop,
         threads=threads,
+        attention=attention,
         overwrite=overwrite,
     )
     try:
