@@ -69,6 +69,9 @@ def test_bundle_is_verified_and_its_manifest_describes_the_run(run_dir: Path, bu
     assert m.export_config["max_int8_drop"] == 100.0
     assert len(gate_attempts := m.model_extra["gate"]["int8_attempts"]) == 1  # type: ignore[index]
     assert gate_attempts[0]["failure"] is None and gate_attempts[0]["method"] == m.int8.method
+    # every training pair calibrated int8 here (128 >= the split), so fidelity = the validation pairs
+    assert gate_attempts[0]["fidelity_pairs"] == len(val)
+    assert gate_attempts[0]["fidelity_accuracy_int8"] == gate_attempts[0]["accuracy"] == m.eval.accuracy_int8
     gate = m.model_extra["gate"]  # type: ignore[index]
     assert gate["max_abs_diff_onnx_torch"] <= 1e-3
     assert gate["batch_diff_fp32"] <= 1e-4 and gate["batch_diff_int8"] <= 1e-4
@@ -150,6 +153,14 @@ def test_failed_int8_gate_ships_fp32_only_with_the_reason(run_dir: Path) -> None
     )
     assert "all 3 recipes failed" in result.manifest.int8.reason
     assert [a["failure"] is not None for a in result.gate["int8_attempts"]] == [True, True, True]
+    # int8 is compared with fp32 on the validation pairs plus every training pair not calibrated on
+    train, val = load_run_split(run_dir)
+    fidelity_pairs = len(val) + len(train) - 8
+    assert f"on {fidelity_pairs} pairs" in result.manifest.int8.reason
+    for attempt in result.gate["int8_attempts"]:
+        assert attempt["fidelity_pairs"] == fidelity_pairs
+        assert 0.0 <= attempt["fidelity_accuracy_int8"] <= 1.0
+        assert attempt["fidelity_accuracy_fp32"] == result.gate["int8_attempts"][0]["fidelity_accuracy_fp32"]
     assert result.manifest.eval.accuracy_int8 is not None
     with pytest.raises(BundleError, match="points below fp32"):
         bundle.model_path("int8")

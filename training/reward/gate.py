@@ -108,12 +108,15 @@ def check_batch_independence(graph: str, diff: float, tolerance: float) -> float
     return diff
 
 
-def int8_accuracy_failure(accuracy_fp32: float, accuracy_int8: float, max_drop_points: float) -> str | None:
+def int8_accuracy_failure(
+    accuracy_fp32: float, accuracy_int8: float, max_drop_points: float, pairs: int | None = None
+) -> str | None:
     """The reason int8 may not ship when it loses more than ``max_drop_points`` of accuracy, else None."""
     drop = 100.0 * (accuracy_fp32 - accuracy_int8)
     if drop <= max_drop_points + 1e-9:
         return None
+    on = f" on {pairs} pairs" if pairs is not None else ""
     return (
         f"int8 pairwise accuracy {100 * accuracy_int8:.2f}% is {drop:.2f} points below fp32 "
-        f"{100 * accuracy_fp32:.2f}% (allowed: {max_drop_points:g})"
+        f"{100 * accuracy_fp32:.2f}%{on} (allowed: {max_drop_points:g})"
     )
