@@ -137,6 +137,12 @@ def running_service(bundle: Path, port: int, log_path: Path, ready_timeout: floa
                     print("--- service did not stop within 60 s after SIGTERM and was killed")
 
 
+def _num(record: dict[str, Any], key: str) -> float:
+    """A number from a summary (NaN when missing), for formatting."""
+    value = record.get(key)
+    return float(value) if value is not None else float("nan")
+
+
 def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary: dict[str, Any]) -> None:
     manifest = json.loads((paths.bundle / "manifest.json").read_text(encoding="utf-8"))
     before, after = policy_summary.get("before") or {}, policy_summary.get("after") or {}
@@ -155,7 +161,22 @@ def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary:
         ("RM score std (train split)", f"{std:.3f}"),
         ("policy reward before (held-out)", f"{before.get('mean_raw', float('nan')):+.3f}"),
         ("policy reward after  (held-out)", f"{after.get('mean_raw', float('nan')):+.3f}"),
-        ("gain in RM score std", f"{policy_summary.get('gain_in_std', float('nan')):+.2f}"),
+        (
+            "gain in RM score std (sampled)",
+            f"{_num(policy_summary, 'gain_in_std'):+.2f} ± {_num(policy_summary, 'gain_se_in_std'):.2f} "
+            f"({before.get('scored')} samples, ± = standard error)",
+        ),
+        (
+            "gain in RM score std (greedy)",
+            f"{_num(policy_summary, 'greedy_gain_in_std'):+.2f} "
+            f"± {_num(policy_summary, 'greedy_gain_se_in_std'):.2f}",
+        ),
+        (
+            "answer length before → after",
+            f"{_num(before, 'mean_length'):.1f} → {_num(after, 'mean_length'):.1f} tokens "
+            f"(ended by EOS {_num(before, 'eos_fraction'):.0%} → {_num(after, 'eos_fraction'):.0%}; "
+            "the RM prefers short answers)",
+        ),
         (
             "KL to reference (last step)",
             f"{float(policy_summary.get('kl_last') or float('nan')):.3f} nats per answer",
@@ -183,7 +204,15 @@ def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary:
 def demo_command(
     out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("runs/demo"),
     rm_epochs: Annotated[float, typer.Option(help="Reward-model epochs over the embedded pairs.")] = 1.0,
-    policy_steps: Annotated[int, typer.Option(help="Policy-gradient steps against the service.")] = 24,
+    policy_steps: Annotated[
+        int,
+        typer.Option(
+            help="Policy-gradient steps against the service. With the policy defaults (lr 5e-4, LoRA on "
+            "every linear layer) 20 steps gained +0.55 +- 0.11 RM std on the held-out prompts (10 to 30 "
+            "steps: +0.6 to +0.95 in another split); the policy part took 16 min on a shared machine, "
+            "the ~12 minutes the demo leaves for it on idle cores."
+        ),
+    ] = 20,
     port: Annotated[int, typer.Option(help="Service port (0 = a free port).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda for both training jobs.")] = "auto",
     reuse: Annotated[

@@ -66,7 +66,7 @@ def test_run_writes_metrics_plot_checkpoint_adapter_and_before_after(
     files: dict[str, Path], service: LiveServer, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    summary = train(_config(files, out, service.url, steps=2, merge=True))
+    summary = train(_config(files, out, service.url, steps=2, merge=True, eval_greedy=True))
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
@@ -88,6 +88,14 @@ def test_run_writes_metrics_plot_checkpoint_adapter_and_before_after(
     assert before["mean_normalized"] == pytest.approx((before["mean_raw"] - 0.5) / 2.0)
     assert summary["gain_in_std"] == pytest.approx((after["mean_raw"] - before["mean_raw"]) / 2.0)
     assert len((out / "eval_before_samples.jsonl").read_text().splitlines()) == 4
+    assert len(before["prompt_means"]) == 2 and 0 <= before["eos_fraction"] <= 1
+    assert math.isfinite(summary["gain_se_in_std"])
+    # greedy: one deterministic answer per held-out prompt, before and after
+    assert summary["before_greedy"]["scored"] == summary["after_greedy"]["scored"] == 2
+    assert summary["greedy_gain_in_std"] == pytest.approx(
+        (summary["after_greedy"]["mean_raw"] - summary["before_greedy"]["mean_raw"]) / 2.0
+    )
+    assert len((out / "eval_after_greedy_samples.jsonl").read_text().splitlines()) == 2
     saved = json.loads((out / "config.json").read_text())
     assert saved["k"] == 2 and "api_key" not in saved
 

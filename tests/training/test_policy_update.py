@@ -120,7 +120,7 @@ def test_all_rewards_failed_means_no_step(setup: tuple[Path, Path, list]) -> Non
 
 
 def test_ppo_epochs_take_several_clipped_steps(setup: tuple[Path, Path, list]) -> None:
-    policy, config = _policy(setup, estimator="rloo", ppo_epochs=3, clip_eps=0.1, lr=5e-2)
+    policy, config = _policy(setup, estimator="rloo", ppo_epochs=3, clip_eps=0.1, lr=1e-2)
     groups = _groups(policy, setup[2], n=2, k=2)
     before = [_seq_logp(policy, g) for g in groups]
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=config.lr)
@@ -129,3 +129,32 @@ def test_ppo_epochs_take_several_clipped_steps(setup: tuple[Path, Path, list]) -
     assert after[0][0] > before[0][0] and after[1][1] > before[1][1]
     assert 0.0 <= stats.clip_fraction <= 1.0
     assert optimizer.state[policy.trainable_parameters()[0]]["step"] == 3  # one AdamW step per epoch
+
+
+def test_shared_prompt_cache_gives_the_full_forward_logprobs_and_gradients(
+    setup: tuple[Path, Path, list],
+) -> None:
+    """action_logprobs runs the prompt once for the k answers; a plain [k, P + T] forward must agree."""
+    policy, _ = _policy(setup)
+    with torch.no_grad():  # a non-trivial adapter, so the LoRA path of the cached prompt is exercised
+        for name, param in policy.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)
+    group = _groups(policy, setup[2], n=1, k=3)[0]
+    k, t_len = group.actions.shape
+    prompt = group.prompt_ids.unsqueeze(0).expand(k, -1)
+    full = policy.model(
+        input_ids=torch.cat([prompt, group.actions], dim=1),
+        attention_mask=torch.cat([torch.ones_like(prompt), group.mask.long()], dim=1),
+    )
+    logits = full.logits[:, -t_len - 1 : -1].float()
+    expected = torch.log_softmax(logits, -1).gather(-1, group.actions.unsqueeze(-1)).squeeze(-1) * group.mask
+    expected.sum().backward()
+    expected_grads = [p.grad.clone() for p in policy.trainable_parameters()]
+    policy.model.zero_grad()
+    logp, _ = action_logprobs(policy.model, group.prompt_ids, group.actions, group.mask)
+    logp.sum().backward()
+    assert torch.allclose(logp, expected, atol=1e-5)
+    assert torch.allclose(group.logprobs, expected.detach(), atol=1e-4)  # the sampler's cached prompt too
+    for got, want in zip((p.grad for p in policy.trainable_parameters()), expected_grads, strict=True):
+        assert got is not None and torch.allclose(got, want, atol=1e-5, rtol=1e-4)

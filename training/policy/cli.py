@@ -20,6 +20,13 @@ H = PolicyConfig.help_texts()
 D = PolicyConfig()  # defaults
 
 
+def _modules(option: str | None) -> list[str] | None:
+    """``--lora-target-modules q_proj,v_proj`` -> a list; unset keeps the config's default."""
+    if option is None:
+        return D.lora_target_modules
+    return [m.strip() for m in option.split(",") if m.strip()] or None
+
+
 def train_policy_command(
     service: Annotated[list[str], typer.Option("--service", help=H["service_urls"] + " Repeat for several.")],
     prompts: Annotated[Path | None, typer.Option("--prompts", help=H["prompts_file"])] = None,
@@ -45,6 +52,12 @@ def train_policy_command(
     max_grad_norm: Annotated[float, typer.Option(help=H["max_grad_norm"])] = D.max_grad_norm,
     lora_r: Annotated[int, typer.Option(help=H["lora_r"])] = D.lora_r,
     lora_alpha: Annotated[int, typer.Option(help=H["lora_alpha"])] = D.lora_alpha,
+    lora_target_modules: Annotated[
+        str | None,
+        typer.Option(
+            help=H["lora_target_modules"] + " Comma-separated, e.g. q_proj,v_proj; default all-linear."
+        ),
+    ] = None,
     full_finetune: Annotated[bool, typer.Option("--full-finetune", help=H["full_finetune"])] = False,
     model: Annotated[str | None, typer.Option(help=H["model"])] = None,
     gguf_file: Annotated[str | None, typer.Option(help=H["gguf_file"])] = None,
@@ -52,6 +65,9 @@ def train_policy_command(
     seed: Annotated[int, typer.Option(help=H["seed"])] = D.seed,
     eval_prompts: Annotated[int, typer.Option(help=H["eval_prompts"])] = D.eval_prompts,
     eval_samples: Annotated[int, typer.Option(help=H["eval_samples"])] = D.eval_samples,
+    eval_greedy: Annotated[
+        bool, typer.Option("--eval-greedy/--no-eval-greedy", help=H["eval_greedy"])
+    ] = D.eval_greedy,
     skip_eval: Annotated[bool, typer.Option("--skip-eval", help=H["skip_eval"])] = False,
     reward_key: Annotated[str, typer.Option(help=H["reward_key"])] = D.reward_key,
     max_failed_fraction: Annotated[
@@ -87,9 +103,11 @@ def train_policy_command(
             reward_key=reward_key, max_failed_fraction=max_failed_fraction,
             allow_model_change=allow_model_change, model=model, gguf_file=gguf_file, device=device,
             full_finetune=full_finetune, lora_r=lora_r, lora_alpha=lora_alpha,
+            lora_target_modules=_modules(lora_target_modules),
             prompts_file=str(prompts) if prompts else None,
             reward_run=str(reward_run) if reward_run else None,
-            eval_prompts=eval_prompts, eval_samples=eval_samples, k=k, prompts_per_step=prompts_per_step,
+            eval_prompts=eval_prompts, eval_samples=eval_samples, eval_greedy=eval_greedy, k=k,
+            prompts_per_step=prompts_per_step,
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, estimator=estimator,
             baseline=baseline, gamma=gamma, kl_coef=kl_coef, normalize_advantages=normalize_advantages,
             entropy_coef=entropy_coef, ppo_epochs=ppo_epochs, clip_eps=clip_eps, steps=steps, lr=lr,

@@ -2,8 +2,13 @@
 
 One dataclass (TRL style: each field carries ``help`` metadata) that the CLI exposes flag by flag,
 that is saved next to every checkpoint (``config.json``) and that a resumed run is checked against.
-The defaults are the calibrated demo run: plain RLOO, LoRA r 16, 4 prompts x 4 answers, 40 new tokens,
-lr 2e-4 (about 0.7 of the reward model's score std gained in 30 steps on 2 CPU cores).
+The defaults are the measured demo run: plain RLOO, LoRA r 16 on every linear layer, 4 prompts x 4
+answers, 40 new tokens, lr 5e-4. Against bundles/rm-default (held-out gain in the RM's score std, +-
+standard error): +0.55 +- 0.11 after 20 steps on the 32 default eval prompts (answers 35 -> 16 tokens,
+KL 5.6 nats per answer); in a run holding out 48 prompts +0.61 +- 0.09 after 10 steps, +0.77 after 20,
++0.95 after 30 (answers 37 -> 19 -> 8 -> 5 tokens, KL 9 -> 13 -> 16). The earlier lr 2e-4 with
+adapters on q/v only gained about 0.1 std in 24-30 steps (KL ~1: the policy had hardly moved).
+Most of the gain is length: this RM scores short answers higher ("I'm sorry.", "I don't know.").
 """
 
 from __future__ import annotations
@@ -63,22 +68,33 @@ class PolicyConfig:
     full_finetune: bool = _f(
         False, "Train every weight instead of a LoRA adapter (needs a frozen copy for KL)."
     )
-    lora_r: int = _f(16, "LoRA rank: 16 moved the reward by ~0.7 std in 30 steps; 8 is slower to move.")
+    lora_r: int = _f(16, "LoRA rank (16 with all linear layers: +0.6 std in 10 steps).")
     lora_alpha: int = _f(32, "LoRA scaling numerator (effective scale alpha / r = 2).")
     lora_dropout: float = _f(
         0.0, "LoRA dropout; 0 keeps the sampling policy and the trained policy identical."
     )
     lora_target_modules: list[str] | None = field(
-        default=None,
+        default_factory=lambda: ["all-linear"],
         metadata={
-            "help": "Modules with adapters; None = peft's default for the model (q_proj, v_proj on Llama)."
+            "help": "Modules with adapters: 'all-linear' = every linear layer but the LM head (any "
+            "architecture); None = peft's default (q_proj, v_proj on Llama). All linear layers moved the "
+            "policy several times faster per step than q/v only at the same rank (measured on SmolLM2)."
         },
     )
     # --- data
     prompts_file: str | None = _f(None, 'JSONL of {"prompt": ...} or {"question": ...}; default: hh-rlhf.')
     reward_run: str | None = _f(None, "Reward-model run dir: its validation split gives the default prompts.")
-    eval_prompts: int = _f(16, "Held-out prompts for the before/after evaluation (never trained on).")
+    eval_prompts: int = _f(
+        32,
+        "Held-out prompts for the before/after evaluation (never trained on). The gain differs from prompt "
+        "to prompt (spread ~0.6 RM std), so prompts, not samples, set its standard error: ~0.1 std at 32.",
+    )
     eval_samples: int = _f(2, "Fixed-seed samples per evaluation prompt.")
+    eval_greedy: bool = _f(
+        False,
+        "Also evaluate one greedy answer per held-out prompt (no sampling noise; costs about as much as "
+        "the sampled pass, whose prompt prefill dominates).",
+    )
     max_prompt_tokens: int = _f(
         192, "Longer prompts (chat template applied) are skipped and counted; 192 keeps most hh questions."
     )
@@ -100,7 +116,11 @@ class PolicyConfig:
     clip_eps: float = _f(0.2, "PPO clip range for the ratio pi / pi_old (used when ppo_epochs > 1).")
     # --- optimisation
     steps: int = _f(50, "Policy-gradient steps.")
-    lr: float = _f(2e-4, "AdamW learning rate; 2e-4 for LoRA, ~1e-5 for full fine-tuning.")
+    lr: float = _f(
+        5e-4,
+        "AdamW learning rate; 5e-4 for LoRA (2e-4 barely moved the policy in 30 steps), ~1e-5 for full "
+        "fine-tuning.",
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping (global L2 norm).")
     seed: int = _f(0, "Seed of sampling, prompt order and the evaluation (the eval uses seed + 1000).")
@@ -169,6 +189,7 @@ RESUMABLE_CHANGES = frozenset(
         "max_retries",
         "merge",
         "skip_eval",
+        "eval_greedy",
         "device",
         "checkpoint_every",
         "gen_threads",

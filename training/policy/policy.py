@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import inspect
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,14 +138,16 @@ def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
 
 
 def add_lora(model: PreTrainedModel, config: PolicyConfig) -> PreTrainedModel:
-    """Wrap with a fresh LoRA adapter (only the adapter trains); peft picks default target modules."""
+    """Wrap with a fresh LoRA adapter (only the adapter trains) on ``config.lora_target_modules``."""
     from peft import LoraConfig, get_peft_model
 
+    modules = config.lora_target_modules
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules,
+        # peft's shorthand for every linear layer except the output head is the plain string
+        target_modules="all-linear" if modules == ["all-linear"] else modules,
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora)
@@ -161,6 +164,28 @@ def add_lora(model: PreTrainedModel, config: PolicyConfig) -> PreTrainedModel:
     return peft_model  # type: ignore[return-value]
 
 
+def cache_kwarg(model: PreTrainedModel) -> str:
+    """Name of the KV-cache argument: ``cache`` in recent transformers 5.x, ``past_key_values`` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def prompt_cache(model: PreTrainedModel, prompt_ids: torch.Tensor, k: int) -> Any:
+    """Keys/values of ``prompt_ids[:-1]``, computed once (batch 1) and repeated for k answers.
+
+    The k answers to a prompt share it, so the prompt runs through the model once instead of k times:
+    prompts are 60-190 tokens and answers 40, so this roughly halves the work of an update (forward and
+    backward) and of sampling. Built under the caller's grad mode, so gradients flow through the cache.
+    Returns None when there is no prefix (a one-token prompt).
+    """
+    if prompt_ids.shape[0] < 2:
+        return None
+    out = model(input_ids=prompt_ids[:-1].unsqueeze(0), use_cache=True, logits_to_keep=1)
+    cache = out[cache_kwarg(model)]
+    cache.batch_repeat_interleave(k)
+    return cache
+
+
 def action_logprobs(
     model: PreTrainedModel,
     prompt_ids: torch.Tensor,
@@ -169,18 +194,24 @@ def action_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(A_t | S_t) of every action of a group of answers to one prompt, in one forward pass.
+    """log pi(A_t | S_t) of every action of a group of answers to one prompt.
 
     prompt_ids: [P] (shared by the group); actions: [k, T] answer tokens (padded); mask: [k, T] bool.
     Returns (logp [k, T] with grad if enabled, entropy [k, T] or None). The policy is
-    softmax(logits / temperature): the distribution the sampler drew from (before top_p).
+    softmax(logits / temperature): the distribution the sampler drew from (before top_p). The prompt
+    (but its last token) runs once and its cache is shared by the k rows (``prompt_cache``).
     """
     k, t_len = actions.shape
-    prompt = prompt_ids.unsqueeze(0).expand(k, -1)  # [k, P]
-    input_ids = torch.cat([prompt, actions], dim=1)  # [k, P + T]
-    attention = torch.cat([torch.ones_like(prompt), mask.long()], dim=1)
+    cache = prompt_cache(model, prompt_ids, k)
+    first = prompt_ids.shape[0] - 1 if cache is not None else 0  # prompt tokens still to feed
+    tail = prompt_ids[first:].unsqueeze(0).expand(k, -1)  # [k, P - first]
+    input_ids = torch.cat([tail, actions], dim=1)  # [k, P - first + T]
+    prompt_mask = torch.ones(k, prompt_ids.shape[0], dtype=torch.long, device=actions.device)
+    attention = torch.cat([prompt_mask, mask.long()], dim=1)  # [k, P + T]: the cached prefix too
     # Only the T positions that predict the actions need logits: the position before each action.
-    out = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=t_len + 1)
+    out = model(
+        input_ids=input_ids, attention_mask=attention, logits_to_keep=t_len + 1, **{cache_kwarg(model): cache}
+    )
     logits = out.logits[:, :-1, :].float() / temperature  # [k, T, V]
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1) * mask  # [k, T]

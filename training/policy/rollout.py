@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from training.policy.policy import Policy, torch_threads
+from training.policy.policy import Policy, cache_kwarg, prompt_cache, torch_threads
 from training.policy.prompts import Prompt
 
 
@@ -118,14 +118,17 @@ def _generate(
     greedy: bool,
     policy: Policy,
 ) -> Any:
+    # the prompt runs once and its cache serves the k rows (generate would otherwise prefill it k times)
+    cache = prompt_cache(model, prompt_ids, k)
+    input_ids = prompt_ids.unsqueeze(0).expand(k, -1)
     return model.generate(  # type: ignore[operator]
-        input_ids=prompt_ids.unsqueeze(0),
-        attention_mask=torch.ones_like(prompt_ids).unsqueeze(0),
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        **{cache_kwarg(model): cache},
         do_sample=not greedy,
         temperature=temperature if not greedy else None,
         top_p=top_p if not greedy else None,
         top_k=None,
-        num_return_sequences=k,
         max_new_tokens=max_new_tokens,
         eos_token_id=policy.eos_token_ids,
         pad_token_id=policy.pad_token_id,

@@ -31,7 +31,7 @@ from training.policy import estimators
 from training.policy.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from training.policy.config import PolicyConfig
 from training.policy.errors import RewardModelChanged
-from training.policy.evaluate import EvalResult, evaluate
+from training.policy.evaluate import EvalResult, evaluate, gain_standard_error
 from training.policy.policy import Policy, load_policy, torch_threads
 from training.policy.prompts import (
     Prompt,
@@ -195,21 +195,22 @@ async def _run(
     config.save(out / "config.json")
     logger = JsonlLogger(out / "metrics.jsonl", keep_until_step=state.step if config.resume else None)
 
-    async def run_eval(name: str) -> EvalResult | None:
-        if config.skip_eval or not sets.eval:
+    async def run_eval(name: str, greedy: bool = False) -> EvalResult | None:
+        if config.skip_eval or not sets.eval or (greedy and not config.eval_greedy):
             return None
+        name = f"{name}_greedy" if greedy else name
         cached = out / f"eval_{name}.json"
-        if name == "before" and config.resume and cached.is_file():
+        if name.startswith("before") and config.resume and cached.is_file():
             return EvalResult(**json.loads(cached.read_text(encoding="utf-8")))
         result = await evaluate(
             policy, client, sets.eval, config.eval_samples, config.max_new_tokens, config.temperature,
             config.top_p, config.seed, info.score_mean, info.score_std, out / f"eval_{name}_samples.jsonl",
-            threads=config.gen_threads,
+            threads=config.gen_threads, greedy=greedy,
         )  # fmt: skip
         cached.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
         return result
 
-    before = await run_eval("before")
+    before, before_greedy = await run_eval("before"), await run_eval("before", greedy=True)
     progress = tqdm(
         range(state.step + 1, config.steps + 1),
         desc="policy",
@@ -278,8 +279,9 @@ async def _run(
         if step % config.checkpoint_every == 0 or step == config.steps:
             save_checkpoint(out / "checkpoint", policy, optimizer, state, config)
     progress.close()
-    after = await run_eval("after")
-    return _finish(config, policy, out, info, before, after, sets)
+    after, after_greedy = await run_eval("after"), await run_eval("after", greedy=True)
+    greedy = (before_greedy, after_greedy) if before_greedy and after_greedy else None
+    return _finish(config, policy, out, info, before, after, sets, greedy)
 
 
 def _finish(
@@ -290,6 +292,7 @@ def _finish(
     before: EvalResult | None,
     after: EvalResult | None,
     sets: PromptSets,
+    greedy: tuple[EvalResult, EvalResult] | None = None,
 ) -> dict[str, Any]:
     records = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
     plot = None
@@ -321,6 +324,11 @@ def _finish(
     if before and after:
         summary["gain_raw"] = after.mean_raw - before.mean_raw
         summary["gain_in_std"] = (after.mean_raw - before.mean_raw) / info.score_std
+        summary["gain_se_in_std"] = gain_standard_error(before, after) / info.score_std
+    if greedy:
+        summary["before_greedy"], summary["after_greedy"] = greedy[0].to_dict(), greedy[1].to_dict()
+        summary["greedy_gain_in_std"] = (greedy[1].mean_raw - greedy[0].mean_raw) / info.score_std
+        summary["greedy_gain_se_in_std"] = gain_standard_error(*greedy) / info.score_std
     if records:
         tail = records[-min(5, len(records)) :]
         summary["kl_last"] = records[-1].get("kl")
