@@ -167,11 +167,6 @@ def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary:
             f"({before.get('scored')} samples, ± = standard error)",
         ),
         (
-            "gain in RM score std (greedy)",
-            f"{_num(policy_summary, 'greedy_gain_in_std'):+.2f} "
-            f"± {_num(policy_summary, 'greedy_gain_se_in_std'):.2f}",
-        ),
-        (
             "answer length before → after",
             f"{_num(before, 'mean_length'):.1f} → {_num(after, 'mean_length'):.1f} tokens "
             f"(ended by EOS {_num(before, 'eos_fraction'):.0%} → {_num(after, 'eos_fraction'):.0%}; "
@@ -186,6 +181,15 @@ def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary:
             f"{100 * float(policy_summary.get('scoring_share_mean', float('nan'))):.1f}%",
         ),
     ]
+    if policy_summary.get("greedy_gain_in_std") is not None:  # only when --eval-greedy ran
+        rows.insert(
+            -3,
+            (
+                "gain in RM score std (greedy)",
+                f"{_num(policy_summary, 'greedy_gain_in_std'):+.2f} "
+                f"± {_num(policy_summary, 'greedy_gain_se_in_std'):.2f}",
+            ),
+        )
     width = max(len(k) for k, _ in rows)
     print("\n=== demo summary")
     for key, value in rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +12,16 @@ import httpx
 import pytest
 
 from tests.bundle_factory import make_tiny_bundle
-from training.demo import DemoError, free_port, rlhf, running_service, shown, write_val_pairs
+from training.demo import (
+    DemoError,
+    DemoPaths,
+    free_port,
+    print_summary,
+    rlhf,
+    running_service,
+    shown,
+    write_val_pairs,
+)
 from training.reward.config import RewardConfig
 from training.reward.data import load_run_split
 
@@ -53,3 +63,38 @@ def test_a_service_that_cannot_start_is_a_clear_demo_error(tmp_path: Path) -> No
         running_service(tmp_path / "no-such-bundle", free_port(), tmp_path / "service.log"),
     ):
         pass
+
+
+def _summary_inputs(tmp_path: Path) -> tuple[DemoPaths, dict, dict]:
+    paths = DemoPaths(tmp_path)
+    paths.bundle.mkdir(parents=True)
+    manifest = {
+        "name": "reward",
+        "version": "1",
+        "int8": {"shipped": True},
+        "eval": {"accuracy_fp32": 0.635, "accuracy_int8": 0.62},
+        "score": {"mean": 0.0, "std": 0.44},
+    }
+    (paths.bundle / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    policy = {
+        "before": {"mean_raw": -0.1, "scored": 64, "mean_length": 34.5, "eos_fraction": 0.25},
+        "after": {"mean_raw": 0.16, "scored": 64, "mean_length": 16.4, "eos_fraction": 0.92},
+        "gain_in_std": 0.59,
+        "gain_se_in_std": 0.07,
+        "greedy_gain_in_std": None,
+        "kl_last": 6.7,
+        "scoring_share_mean": 0.008,
+    }
+    return paths, {"pairs": 200, "accuracy": 0.62}, policy
+
+
+def test_summary_shows_the_gain_and_only_the_evaluations_that_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths, eval_report, policy = _summary_inputs(tmp_path)
+    print_summary(paths, eval_report, policy)
+    out = capsys.readouterr().out
+    assert "+0.59 ± 0.07 (64 samples" in out and "34.5 → 16.4 tokens" in out
+    assert "greedy" not in out and "nan" not in out
+    print_summary(paths, eval_report, {**policy, "greedy_gain_in_std": 0.4, "greedy_gain_se_in_std": 0.1})
+    assert re.search(r"gain in RM score std \(greedy\) +\+0\.40 ± 0\.10", capsys.readouterr().out)
