@@ -323,12 +323,12 @@ def _finish(
     }
     if before and after:
         summary["gain_raw"] = after.mean_raw - before.mean_raw
-        summary["gain_in_std"] = (after.mean_raw - before.mean_raw) / info.score_std
-        summary["gain_se_in_std"] = gain_standard_error(before, after) / info.score_std
+        summary["gain_in_std"], summary["gain_se_in_std"] = _gain_in_std(before, after, info.score_std)
     if greedy:
         summary["before_greedy"], summary["after_greedy"] = greedy[0].to_dict(), greedy[1].to_dict()
-        summary["greedy_gain_in_std"] = (greedy[1].mean_raw - greedy[0].mean_raw) / info.score_std
-        summary["greedy_gain_se_in_std"] = gain_standard_error(*greedy) / info.score_std
+        summary["greedy_gain_in_std"], summary["greedy_gain_se_in_std"] = _gain_in_std(
+            *greedy, info.score_std
+        )
     if records:
         tail = records[-min(5, len(records)) :]
         summary["kl_last"] = records[-1].get("kl")
@@ -336,3 +336,8 @@ def _finish(
         summary["step_seconds_mean"] = float(np.mean([r["step_seconds"] for r in tail]))
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def _gain_in_std(before: EvalResult, after: EvalResult, score_std: float) -> tuple[float, float]:
+    """Held-out gain and its paired standard error, in the RM's score std (the targets' unit)."""
+    return (after.mean_raw - before.mean_raw) / score_std, gain_standard_error(before, after) / score_std

@@ -218,8 +218,9 @@ def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dic
         fidelity = _fidelity_set(
             chosen, rejected, encoder, _uncalibrated(train_pairs, calibration_pairs), config.fidelity_pairs
         )
-        extra_chosen = _score(session, input_names, fidelity.extra_chosen, encoder, config)
-        extra_rejected = _score(session, input_names, fidelity.extra_rejected, encoder, config)
+        pad, size = encoder.pad_token_id, config.batch_size
+        extra_chosen = score_encoded(session, input_names, fidelity.extra_chosen, pad, size)
+        extra_rejected = score_encoded(session, input_names, fidelity.extra_rejected, pad, size)
         fidelity_fp32 = np.concatenate([fp32[:n], extra_chosen, fp32[n:], extra_rejected])
         del session
         int8_info, attempts = _quantize_and_gate(
@@ -370,14 +371,6 @@ def _uncalibrated(
     """Training pairs the int8 ranges were not calibrated on."""
     used = {id(p) for p in calibration_pairs}
     return [p for p in train_pairs if id(p) not in used]
-
-
-def _score(
-    session: Any, input_names: list[str], rows: list[EncodedPair], encoder: PairEncoder, config: ExportConfig
-) -> np.ndarray:
-    if not rows:
-        return np.empty(0)
-    return score_encoded(session, input_names, rows, encoder.pad_token_id, config.batch_size)
 
 
 def _halves(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
