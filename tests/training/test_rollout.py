@@ -8,7 +8,7 @@ import torch
 from tests.training.policy_helpers import make_tiny_policy_dir, tiny_config, write_prompts
 from training.policy.policy import Policy, action_logprobs, load_policy
 from training.policy.prompts import load_prompts_file
-from training.policy.rollout import encode_prompt, eos_mask, sample_group
+from training.policy.rollout import encode_prompt, eos_mask, sample_group, sample_groups
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,28 @@ def test_sampling_threads_are_restored_afterwards(policy: Policy, prompts: list)
     torch.manual_seed(1)
     default = sample_group(policy, prompts[0], k=2, max_new_tokens=4)
     assert torch.equal(one_thread.actions, default.actions)  # threads change speed, not samples
+
+
+def test_prompts_sampled_together_match_prompts_sampled_alone(policy: Policy, prompts: list) -> None:
+    """Left padding is invisible: greedy answers equal the one-prompt answers, and the batch's log-probs
+    equal an unpadded forward pass over each group's own prompt."""
+    chosen = prompts[:3]
+    lengths = {int(encode_prompt(policy, p).shape[0]) for p in chosen}
+    assert len(lengths) > 1, "the test needs prompts of different lengths (padding)"
+    together = sample_groups(policy, chosen, k=2, max_new_tokens=8, greedy=True)
+    for prompt, group in zip(chosen, together, strict=True):
+        alone = sample_group(policy, prompt, k=2, max_new_tokens=8, greedy=True)
+        assert group.prompt is prompt and torch.equal(group.prompt_ids, encode_prompt(policy, prompt))
+        assert group.texts == alone.texts
+        assert torch.equal(group.actions[group.mask], alone.actions[alone.mask])
+        assert torch.allclose(group.logprobs, alone.logprobs, atol=1e-4)
+    torch.manual_seed(5)
+    sampled = sample_groups(policy, chosen, k=3, max_new_tokens=8, temperature=0.9)
+    for group in sampled:
+        assert group.actions.shape[0] == 3 and torch.isfinite(group.logprobs).all()
+        assert int(group.mask.sum(dim=1).max()) == group.actions.shape[1]  # no all-padding columns
+        recomputed, _ = action_logprobs(
+            policy.model, group.prompt_ids, group.actions, group.mask, temperature=0.9
+        )
+        assert torch.allclose(recomputed.detach(), group.logprobs, atol=1e-4)
+    assert sample_groups(policy, [], k=2, max_new_tokens=4) == []

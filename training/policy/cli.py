@@ -85,6 +85,9 @@ def train_policy_command(
     request_timeout: Annotated[float, typer.Option(help=H["request_timeout"])] = D.request_timeout,
     max_retries: Annotated[int, typer.Option(help=H["max_retries"])] = D.max_retries,
     gen_threads: Annotated[int, typer.Option(help=H["gen_threads"])] = D.gen_threads,
+    generation_batch_prompts: Annotated[
+        int, typer.Option(help=H["generation_batch_prompts"])
+    ] = D.generation_batch_prompts,
     train_threads: Annotated[int, typer.Option(help=H["train_threads"])] = D.train_threads,
     max_prompt_tokens: Annotated[int, typer.Option(help=H["max_prompt_tokens"])] = D.max_prompt_tokens,
 ) -> None:
@@ -99,7 +102,7 @@ def train_policy_command(
         config = PolicyConfig(
             service_urls=list(service), api_key=api_key, request_timeout=request_timeout,
             max_retries=max_retries, max_prompt_tokens=max_prompt_tokens, gen_threads=gen_threads,
-            train_threads=train_threads,
+            train_threads=train_threads, generation_batch_prompts=generation_batch_prompts,
             reward_key=reward_key, max_failed_fraction=max_failed_fraction,
             allow_model_change=allow_model_change, model=model, gguf_file=gguf_file, device=device,
             full_finetune=full_finetune, lora_r=lora_r, lora_alpha=lora_alpha,

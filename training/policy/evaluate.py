@@ -14,6 +14,7 @@ pass (one deterministic answer per prompt, no sampling noise) can run next to th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import torch
 
 from training.policy.policy import Policy
 from training.policy.prompts import Prompt
-from training.policy.rollout import sample_group
+from training.policy.rollout import sample_groups
 from training.policy.scoring import score_answers
 
 EVAL_SEED_OFFSET = 1000  # the evaluation's stream never coincides with the training stream
@@ -82,30 +83,41 @@ async def evaluate(
     out_jsonl: Path | None = None,
     threads: int = 0,
     greedy: bool = False,
+    batch_prompts: int = 16,
 ) -> EvalResult:
     """Sample ``samples`` answers per prompt with a fixed seed (the global RNG is restored after).
 
     ``greedy``: one deterministic (argmax) answer per prompt instead; ``samples``, temperature and
-    top_p are then ignored.
+    top_p are then ignored. ``batch_prompts`` prompts are decoded together (``sample_groups``); the
+    samples depend on it, so before and after must use the same value to be paired.
     """
     raw_all: list[np.ndarray] = []
     lengths: list[int] = []
     finished: list[bool] = []
     rows = []
+    per_prompt = 1 if greedy else samples
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + EVAL_SEED_OFFSET)
-        for prompt in prompts:
-            group = sample_group(
-                policy, prompt, 1 if greedy else samples, max_new_tokens, temperature, top_p, greedy, threads
+        for start in range(0, len(prompts), batch_prompts):
+            chunk = prompts[start : start + batch_prompts]
+            groups = sample_groups(
+                policy, chunk, per_prompt, max_new_tokens, temperature, top_p, greedy, threads
             )
-            scores = await score_answers(client, prompt.question, group.texts, "raw")
-            raw_all.append(scores.raw)
-            lengths.extend(int(n) for n in group.lengths)
-            finished.extend(bool(f) for f in group.finished)
-            for text, score in zip(group.texts, scores.raw, strict=True):
-                rows.append(
-                    {"question": prompt.question[-300:], "answer": text, "score": _finite_or_none(score)}
-                )
+            chunk_scores = await asyncio.gather(
+                *(score_answers(client, g.prompt.question, g.texts, "raw") for g in groups)
+            )
+            for group, scores in zip(groups, chunk_scores, strict=True):
+                raw_all.append(scores.raw)
+                lengths.extend(int(n) for n in group.lengths)
+                finished.extend(bool(f) for f in group.finished)
+                for text, score in zip(group.texts, scores.raw, strict=True):
+                    rows.append(
+                        {
+                            "question": group.prompt.question[-300:],
+                            "answer": text,
+                            "score": _finite_or_none(score),
+                        }
+                    )
     raw = np.concatenate(raw_all) if raw_all else np.zeros(0)
     ok = np.isfinite(raw)
     if out_jsonl is not None:

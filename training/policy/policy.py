@@ -178,9 +178,24 @@ def prompt_cache(model: PreTrainedModel, prompt_ids: torch.Tensor, k: int) -> An
     backward) and of sampling. Built under the caller's grad mode, so gradients flow through the cache.
     Returns None when there is no prefix (a one-token prompt).
     """
-    if prompt_ids.shape[0] < 2:
+    prompt_ids = prompt_ids.unsqueeze(0)
+    return batch_prompt_cache(model, prompt_ids, torch.ones_like(prompt_ids), k)
+
+
+def batch_prompt_cache(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int
+) -> Any:
+    """``prompt_cache`` for n left-padded prompts ([n, L] ids and mask): row i is repeated k times.
+
+    Positions count from each prompt's first real token, as they would without padding.
+    """
+    if input_ids.shape[1] < 2:
         return None
-    out = model(input_ids=prompt_ids[:-1].unsqueeze(0), use_cache=True, logits_to_keep=1)
+    prefix, prefix_mask = input_ids[:, :-1], attention_mask[:, :-1]
+    positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = model(
+        input_ids=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
     cache = out[cache_kwarg(model)]
     cache.batch_repeat_interleave(k)
     return cache

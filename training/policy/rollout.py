@@ -3,18 +3,20 @@
 State S_t = prompt + the answer's first t tokens; action A_t = the next token; logprob = log pi(A_t|S_t)
 under the sampling policy softmax(logits / temperature). Generation stops at EOS (the EOS token is the
 last action of a finished answer) or after max_new_tokens; positions after EOS are padding, mask False.
-The k answers to a prompt share the prompt, so a group needs no left padding.
+The k answers to a prompt share the prompt; prompts sampled together are left-padded (``sample_groups``),
+but each Group keeps its own unpadded prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from training.policy.policy import Policy, cache_kwarg, prompt_cache, torch_threads
+from training.policy.policy import Policy, batch_prompt_cache, cache_kwarg, torch_threads
 from training.policy.prompts import Prompt
 
 
@@ -87,30 +89,83 @@ def sample_group(
     greedy: bool = False,
     threads: int = 0,
 ) -> Group:
-    """k answers to one prompt with model.generate; log-probs from the raw logits of each step."""
+    """k answers to one prompt (``sample_groups`` with a single prompt: no padding at all)."""
+    return sample_groups(policy, [prompt], k, max_new_tokens, temperature, top_p, greedy, threads)[0]
+
+
+@torch.no_grad()
+def sample_groups(
+    policy: Policy,
+    prompts: Sequence[Prompt],
+    k: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    threads: int = 0,
+) -> list[Group]:
+    """k answers to each prompt, all prompts decoded together in one ``model.generate`` call.
+
+    Decoding is one forward pass per new token whatever the batch, so one batch of n * k rows costs
+    little more per token than a batch of k rows, and n times fewer passes: sampling 4 prompts
+    together instead of one after the other took about a third of the time on 2 CPU cores. Prompts of
+    different lengths are left-padded (masked, positions counted from each prompt's first real token);
+    each prompt is prefilled once and its keys/values shared by its k rows. Log-probs come from the raw
+    logits of each step, and each returned Group holds its own unpadded prompt, so the update needs no
+    padding.
+    """
+    if not prompts:
+        return []
     model: PreTrainedModel = policy.model
-    prompt_ids = encode_prompt(policy, prompt).to(policy.device)
+    encoded = [encode_prompt(policy, prompt).to(policy.device) for prompt in prompts]
+    input_ids, attention_mask = _left_pad(encoded, policy.pad_token_id)
     was_training = model.training
     model.eval()  # no dropout while sampling: the sampled policy is the one being trained
     try:
         with torch_threads(threads):
-            out = _generate(model, prompt_ids, k, max_new_tokens, temperature, top_p, greedy, policy)
+            out = _generate(
+                model, input_ids, attention_mask, k, max_new_tokens, temperature, top_p, greedy, policy
+            )
     finally:
         model.train(was_training)
-    actions = out.sequences[:, prompt_ids.shape[0] :]  # [k, T]
-    logits = torch.stack(out.logits, dim=1).float() / temperature  # [k, T, V] raw logits of each step
+    actions = out.sequences[:, input_ids.shape[1] :]  # [n * k, T]
+    logits = torch.stack(out.logits, dim=1).float() / temperature  # [n * k, T, V] raw logits of each step
     mask, finished = eos_mask(actions, policy.eos_token_ids)
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1) * mask
-    texts = [
-        str(policy.tokenizer.decode(row[: int(m.sum())], skip_special_tokens=True)).strip()
-        for row, m in zip(actions, mask, strict=True)
-    ]
-    return Group(prompt, prompt_ids, actions, logprobs, mask, texts, finished)
+    del logits
+    groups = []
+    for i, (prompt, prompt_ids) in enumerate(zip(prompts, encoded, strict=True)):
+        rows = slice(i * k, (i + 1) * k)
+        t_len = max(int(mask[rows].sum(dim=1).max()), 1)  # drop columns that are padding in every row
+        group_actions, group_mask = actions[rows, :t_len], mask[rows, :t_len]
+        texts = [
+            str(policy.tokenizer.decode(row[: int(m.sum())], skip_special_tokens=True)).strip()
+            for row, m in zip(group_actions, group_mask, strict=True)
+        ]
+        groups.append(
+            Group(
+                prompt, prompt_ids, group_actions, logprobs[rows, :t_len], group_mask, texts, finished[rows]
+            )
+        )
+    return groups
+
+
+def _left_pad(encoded: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, L] ids and attention mask, each prompt right-aligned so that all answers start at column L."""
+    width = max(int(ids.shape[0]) for ids in encoded)
+    device = encoded[0].device
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long, device=device)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - ids.shape[0] :] = ids
+        attention_mask[row, width - ids.shape[0] :] = 1
+    return input_ids, attention_mask
 
 
 def _generate(
     model: PreTrainedModel,
-    prompt_ids: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
     k: int,
     max_new_tokens: int,
     temperature: float,
@@ -118,12 +173,11 @@ def _generate(
     greedy: bool,
     policy: Policy,
 ) -> Any:
-    # the prompt runs once and its cache serves the k rows (generate would otherwise prefill it k times)
-    cache = prompt_cache(model, prompt_ids, k)
-    input_ids = prompt_ids.unsqueeze(0).expand(k, -1)
+    # each prompt runs once and its cache serves its k rows (generate would otherwise prefill it k times)
+    cache = batch_prompt_cache(model, input_ids, attention_mask, k)
     return model.generate(  # type: ignore[operator]
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
+        input_ids=input_ids.repeat_interleave(k, dim=0),
+        attention_mask=attention_mask.repeat_interleave(k, dim=0),
         **{cache_kwarg(model): cache},
         do_sample=not greedy,
         temperature=temperature if not greedy else None,

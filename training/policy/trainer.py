@@ -2,9 +2,9 @@
 
     rlhf train-policy --service http://localhost:8000 --steps 30 --out runs/pi
 
-Per step: generate each prompt's group in a worker thread while the previous group is being scored
-(asyncio; the HTTP client never waits on the GPU/CPU and vice versa), check the failed share and the
-RM version, update the policy, log one JSONL record (reward, KL, entropy, length, time split into
+Per step: generate the prompts' groups in a worker thread (a chunk of prompts decoded together) while
+the previous chunk is being scored (asyncio; the HTTP client never waits on the GPU/CPU and vice versa),
+check the failed share and the RM version, update the policy, log one JSONL record (reward, KL, entropy, length, time split into
 generation / scoring / update and the scoring share of the step). Before and after: a fixed-seed
 evaluation on held-out prompts. Checkpoints allow --resume; the adapter (and optionally a merged
 model) is saved at the end.
@@ -41,7 +41,7 @@ from training.policy.prompts import (
     load_prompts_file,
     prompt_from_hh,
 )
-from training.policy.rollout import Group, encode_prompt, sample_group
+from training.policy.rollout import Group, encode_prompt, sample_groups
 from training.policy.scoring import (
     RewardModelInfo,
     Scores,
@@ -105,20 +105,26 @@ def step_prompts(prompts: Sequence[Prompt], step: int, per_step: int, seed: int)
 
 
 async def collect(policy: Policy, client: Any, prompts: Sequence[Prompt], config: PolicyConfig) -> Collected:
-    """Generate group i+1 (worker thread) while group i is scored (event loop)."""
+    """Generate the next chunk of prompts (worker thread) while the previous chunk is scored (event loop).
+
+    A chunk is ``generation_batch_prompts`` prompts decoded together; with the defaults a step's 4
+    prompts are one chunk, and scoring (~0.2 s) waits for the end of generation.
+    """
     groups: list[Group] = []
     tasks: list[asyncio.Task[Scores]] = []
     gen_seconds = 0.0
-    for prompt in prompts:
+    size = config.generation_batch_prompts
+    for start in range(0, len(prompts), size):
         t0 = time.perf_counter()
-        group = await asyncio.to_thread(
-            sample_group, policy, prompt, config.k, config.max_new_tokens, config.temperature, config.top_p,
-            False, config.gen_threads,
+        chunk = await asyncio.to_thread(
+            sample_groups, policy, prompts[start : start + size], config.k, config.max_new_tokens,
+            config.temperature, config.top_p, False, config.gen_threads,
         )  # fmt: skip
         gen_seconds += time.perf_counter() - t0
-        groups.append(group)
-        tasks.append(
-            asyncio.create_task(score_answers(client, prompt.question, group.texts, config.reward_key))
+        groups.extend(chunk)
+        tasks.extend(
+            asyncio.create_task(score_answers(client, g.prompt.question, g.texts, config.reward_key))
+            for g in chunk
         )
     t0 = time.perf_counter()
     parts = await asyncio.gather(*tasks)
@@ -205,7 +211,7 @@ async def _run(
         result = await evaluate(
             policy, client, sets.eval, config.eval_samples, config.max_new_tokens, config.temperature,
             config.top_p, config.seed, info.score_mean, info.score_std, out / f"eval_{name}_samples.jsonl",
-            threads=config.gen_threads, greedy=greedy,
+            threads=config.gen_threads, greedy=greedy, batch_prompts=config.generation_batch_prompts,
         )  # fmt: skip
         cached.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
         return result
