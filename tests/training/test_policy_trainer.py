@@ -159,3 +159,22 @@ def test_reward_model_change_stops_unless_allowed(
     cfg = _config(files, tmp_path / "b", service.url, steps=3, skip_eval=True, allow_model_change=True)
     _train_with(cfg, service.url, SwitchTransport(service_v2.url, after=2))
     assert [r["rm_version"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")] == ["1", "2", "2"]
+
+
+def test_adaptive_kl_coefficient_follows_the_kl_and_survives_resume(
+    files: dict[str, Path], service: LiveServer, tmp_path: Path
+) -> None:
+    """A target far below the measured KL raises beta every step; resume carries beta on, not the flag."""
+    config = {"skip_eval": True, "kl_coef": 0.1, "kl_target": 1e-6, "kl_adapt_rate": 0.5, "lr": 0.05}
+    train(_config(files, tmp_path / "straight", service.url, steps=3, **config))
+    records = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    betas = [r["kl_coef"] for r in records]
+    assert betas[0] == 0.1
+    for before, after, r in zip(betas, betas[1:], records, strict=False):
+        expected = before * 1.1 if r["kl"] > 1e-6 else before * 0.9  # error clipped to +-0.2, rate 0.5
+        assert after == pytest.approx(expected)
+    assert records[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1 samples the reference itself
+    assert records[1]["kl"] > 1e-6 and betas[2] > betas[1]  # then the policy has moved: beta rises
+    train(_config(files, tmp_path / "split", service.url, steps=2, **config))
+    train(_config(files, tmp_path / "split", service.url, steps=3, resume=True, **config))
+    assert [r["kl_coef"] for r in read_jsonl(tmp_path / "split" / "metrics.jsonl")] == pytest.approx(betas)

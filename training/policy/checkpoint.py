@@ -4,7 +4,7 @@
         trainable.safetensors   the parameters that train (the LoRA adapter, or all weights)
         optimizer.pt            AdamW state (tensors and numbers only: loaded with weights_only=True)
         rng.pt                  torch CPU RNG state (the sampler's randomness)
-        state.json              step, moving-average baseline, RM name/version, config
+        state.json              step, moving-average baseline, adaptive KL beta, RM name/version, config
 
 Written to a temporary directory and renamed, so a crash mid-save leaves the previous checkpoint.
 """
@@ -33,6 +33,7 @@ class TrainState:
     baseline_value: float | None
     rm_name: str
     rm_version: str
+    kl_coef: float | None = None  # the adaptive controller's current beta (None: config.kl_coef)
 
 
 def save_checkpoint(
@@ -52,6 +53,7 @@ def save_checkpoint(
         "baseline_value": state.baseline_value,
         "rm_name": state.rm_name,
         "rm_version": state.rm_version,
+        "kl_coef": state.kl_coef,
         "config": config.to_dict(),
     }
     (tmp / "state.json").write_text(json.dumps(body, indent=2), encoding="utf-8")
@@ -92,5 +94,9 @@ def load_checkpoint(
     optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
     torch.set_rng_state(torch.load(directory / "rng.pt", weights_only=True))
     return TrainState(
-        int(body["step"]), body["baseline_value"], str(body["rm_name"]), str(body["rm_version"])
+        int(body["step"]),
+        body["baseline_value"],
+        str(body["rm_name"]),
+        str(body["rm_version"]),
+        body.get("kl_coef"),  # absent in checkpoints written before the adaptive controller
     )

@@ -38,6 +38,8 @@ def train_policy_command(
     ppo_epochs: Annotated[int, typer.Option(help=H["ppo_epochs"])] = D.ppo_epochs,
     clip_eps: Annotated[float, typer.Option(help=H["clip_eps"])] = D.clip_eps,
     kl_coef: Annotated[float, typer.Option(help=H["kl_coef"])] = D.kl_coef,
+    kl_target: Annotated[float | None, typer.Option(help=H["kl_target"])] = D.kl_target,
+    kl_adapt_rate: Annotated[float, typer.Option(help=H["kl_adapt_rate"])] = D.kl_adapt_rate,
     gamma: Annotated[float, typer.Option(help=H["gamma"])] = D.gamma,
     normalize_advantages: Annotated[
         bool, typer.Option("--normalize-advantages/--no-normalize-advantages", help=H["normalize_advantages"])
@@ -112,7 +114,8 @@ def train_policy_command(
             eval_prompts=eval_prompts, eval_samples=eval_samples, eval_greedy=eval_greedy, k=k,
             prompts_per_step=prompts_per_step,
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, estimator=estimator,
-            baseline=baseline, gamma=gamma, kl_coef=kl_coef, normalize_advantages=normalize_advantages,
+            baseline=baseline, gamma=gamma, kl_coef=kl_coef, kl_target=kl_target,
+            kl_adapt_rate=kl_adapt_rate, normalize_advantages=normalize_advantages,
             entropy_coef=entropy_coef, ppo_epochs=ppo_epochs, clip_eps=clip_eps, steps=steps, lr=lr,
             max_grad_norm=max_grad_norm, seed=seed, out=str(out), checkpoint_every=checkpoint_every,
             resume=resume, merge=merge, skip_eval=skip_eval,

@@ -118,6 +118,14 @@ class PolicyConfig:
     baseline_momentum: float = _f(0.9, "Moving-average baseline: b <- m * b + (1 - m) * mean reward.")
     gamma: float = _f(1.0, "Discount: R_t = sum_k gamma^k r_{t+k}; 1.0 credits every token with the reward.")
     kl_coef: float = _f(0.0, "Per-token KL penalty -beta * (logp - logp_ref) added to the rewards; 0 = off.")
+    kl_target: float | None = _f(
+        None,
+        "Adaptive KL: nats per answer to hold the KL to the reference at. kl_coef is then the starting beta, "
+        "and each step beta *= 1 + kl_adapt_rate * clip(KL / target - 1, -0.2, 0.2) (Ziegler et al. 2019).",
+    )
+    kl_adapt_rate: float = _f(
+        0.1, "Adaptive KL: how fast beta follows the KL error (0.1: at most 2% a step)."
+    )
     normalize_advantages: bool = _f(False, "Scale advantages to zero mean, unit std over the step's tokens.")
     entropy_coef: float = _f(0.0, "Entropy bonus weight (entropy is always logged as a metric).")
     ppo_epochs: int = _f(1, "Inner epochs per batch; > 1 uses the PPO clipped ratio against the sampler.")
@@ -162,6 +170,12 @@ class PolicyConfig:
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (0 <= self.gamma <= 1, f"gamma must be in [0, 1], got {self.gamma}"),
             (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+            (
+                self.kl_target is None or (self.kl_target > 0 and self.kl_coef > 0),
+                "kl_target needs a positive target and kl_coef > 0 (the starting beta), got "
+                f"kl_target={self.kl_target}, kl_coef={self.kl_coef}",
+            ),
+            (0 < self.kl_adapt_rate <= 1, f"kl_adapt_rate must be in (0, 1], got {self.kl_adapt_rate}"),
             (self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}"),
             (0 < self.clip_eps < 1, f"clip_eps must be in (0, 1), got {self.clip_eps}"),
             (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),

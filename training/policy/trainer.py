@@ -32,6 +32,7 @@ from training.policy.checkpoint import TrainState, load_checkpoint, save_checkpo
 from training.policy.config import PolicyConfig
 from training.policy.errors import RewardModelChanged
 from training.policy.evaluate import EvalResult, evaluate, gain_standard_error
+from training.policy.kl_control import adapted_kl_coef
 from training.policy.policy import Policy, load_policy, torch_threads
 from training.policy.prompts import (
     Prompt,
@@ -60,6 +61,7 @@ PLOT_KEYS = (
     "reward_mean",
     "raw_reward_mean",
     "kl",
+    "kl_coef",
     "entropy",
     "answer_length",
     "failed_rewards",
@@ -189,7 +191,7 @@ async def _run(
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    state = TrainState(0, None, info.name, info.version)
+    state = TrainState(0, None, info.name, info.version, config.kl_coef)
     if config.resume:
         state = load_checkpoint(out / "checkpoint", policy, optimizer, config)
         if state.rm_version != info.version and not config.allow_model_change:
@@ -243,10 +245,11 @@ async def _run(
                 state.baseline_value = estimators.moving_average_baseline(
                     state.baseline_value, seq_rewards, config.baseline_momentum
                 )
+        kl_coef = config.kl_coef if state.kl_coef is None else state.kl_coef
         t0 = time.perf_counter()
         stats = await asyncio.to_thread(
             _with_threads, config.train_threads, policy_update,
-            policy, optimizer, collected.groups, seq_rewards, config, state.baseline_value,
+            policy, optimizer, collected.groups, seq_rewards, config, state.baseline_value, kl_coef,
         )  # fmt: skip
         update_seconds = time.perf_counter() - t0
         step_seconds = time.perf_counter() - t_step
@@ -260,6 +263,7 @@ async def _run(
             "raw_reward_mean": float(scores.raw[ok].mean()) if ok.any() else None,
             "kl": stats.kl,
             "kl_per_token": stats.kl_per_token,
+            "kl_coef": kl_coef,
             "entropy": stats.entropy,
             "answer_length": float(lengths.mean()),
             "eos_fraction": float(torch.cat([g.finished for g in collected.groups]).float().mean()),
@@ -280,6 +284,8 @@ async def _run(
             "rm_version": state.rm_version,
         }
         logger.log(record)
+        if config.kl_target is not None:
+            state.kl_coef = adapted_kl_coef(kl_coef, stats.kl, config.kl_target, config.kl_adapt_rate)
         progress.set_postfix(reward=f"{record['reward_mean'] or float('nan'):.3f}", kl=f"{stats.kl:.3f}")
         state.step = step
         if step % config.checkpoint_every == 0 or step == config.steps:

@@ -58,8 +58,13 @@ def policy_update(
     seq_rewards: torch.Tensor,
     config: PolicyConfig,
     baseline_value: float | None = None,
+    kl_coef: float | None = None,
 ) -> UpdateStats:
-    """seq_rewards: [B] = [G * k] in group order, NaN where the service could not score."""
+    """seq_rewards: [B] = [G * k] in group order, NaN where the service could not score.
+
+    ``kl_coef``: this step's beta when an adaptive controller sets it (default ``config.kl_coef``).
+    """
+    beta = config.kl_coef if kl_coef is None else kl_coef
     k = groups[0].actions.shape[0]
     t_max = max(g.actions.shape[1] for g in groups)
     mask = torch.cat([_pad_to(g.mask, t_max, False) for g in groups])  # [B, T]
@@ -73,7 +78,7 @@ def policy_update(
     # rewards -> returns -> advantages
     valid = estimators.valid_rows(seq_rewards)
     finite_rewards = torch.where(valid, seq_rewards, torch.zeros_like(seq_rewards))  # masked below
-    tok_rewards = returns.token_rewards(finite_rewards, mask, old_logp, ref_logp, config.kl_coef)
+    tok_rewards = returns.token_rewards(finite_rewards, mask, old_logp, ref_logp, beta)
     rets = returns.discounted_returns(tok_rewards, mask, config.gamma)  # [B, T]
     adv, usable = estimators.compute_advantages(config.estimator, rets, seq_rewards, k, baseline_value)
     loss_mask = mask & usable.unsqueeze(1)  # [B, T]
