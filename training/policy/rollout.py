@@ -107,12 +107,12 @@ def sample_groups(
     """k answers to each prompt, all prompts decoded together in one ``model.generate`` call.
 
     Decoding is one forward pass per new token whatever the batch, so one batch of n * k rows costs
-    little more per token than a batch of k rows, and n times fewer passes: sampling 4 prompts
-    together instead of one after the other took about a third of the time on 2 CPU cores. Prompts of
-    different lengths are left-padded (masked, positions counted from each prompt's first real token);
-    each prompt is prefilled once and its keys/values shared by its k rows. Log-probs come from the raw
-    logits of each step, and each returned Group holds its own unpadded prompt, so the update needs no
-    padding.
+    little more per token than a batch of k rows, and n times fewer passes: 4 prompts x 4 answers
+    together took half the time of one prompt after the other, 16 x 2 a third (SmolLM2, 2 CPU cores,
+    greedy answers identical). Prompts of different lengths are left-padded (masked, positions
+    counted from each prompt's first real token); each prompt is prefilled once and its keys/values
+    shared by its k rows. Log-probs come from the raw logits of each step, and each returned Group
+    holds its own unpadded prompt, so the update needs no padding.
     """
     if not prompts:
         return []
