@@ -217,6 +217,14 @@ def demo_command(
             "the ~12 minutes the demo leaves for it on idle cores."
         ),
     ] = 20,
+    policy_kl_coef: Annotated[
+        float,
+        typer.Option(
+            help="KL penalty of the demo's policy run. Off: in 20 steps the policy reaches ~7 nats of KL, "
+            "below where the penalty matters, and a penalty would only slow the gain the demo shows. "
+            "Longer runs should keep train-policy's default (0.05)."
+        ),
+    ] = 0.0,
     port: Annotated[int, typer.Option(help="Service port (0 = a free port).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda for both training jobs.")] = "auto",
     reuse: Annotated[
@@ -270,6 +278,8 @@ def demo_command(
                     str(paths.reward_run),
                     "--steps",
                     str(policy_steps),
+                    "--kl-coef",
+                    str(policy_kl_coef),
                     "--out",
                     str(paths.policy_run),
                     "--device",

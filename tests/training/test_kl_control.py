@@ -26,7 +26,7 @@ def test_one_wild_step_moves_beta_by_at_most_the_clipped_error() -> None:
 
 def test_a_kl_target_needs_a_starting_beta() -> None:
     with pytest.raises(ValueError, match="kl_target needs"):
-        PolicyConfig(kl_target=5.0)  # kl_coef 0: beta could never grow from 0
+        PolicyConfig(kl_coef=0.0, kl_target=5.0)  # beta could never grow from 0
     with pytest.raises(ValueError, match="kl_target needs"):
         PolicyConfig(kl_coef=0.05, kl_target=0.0)
     with pytest.raises(ValueError, match="kl_adapt_rate"):

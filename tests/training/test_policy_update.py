@@ -51,7 +51,11 @@ def _seq_logp(policy: Policy, group: Group) -> torch.Tensor:
 def test_update_raises_logprob_of_positive_advantage_and_lowers_negative(
     setup: tuple[Path, Path, list], estimator: str, full_finetune: bool
 ) -> None:
-    policy, config = _policy(setup, estimator=estimator, full_finetune=full_finetune, lr=5e-3)
+    # full fine-tuning without a KL penalty keeps no frozen copy of the model
+    kl_coef = 0.0 if full_finetune else 0.05
+    policy, config = _policy(
+        setup, estimator=estimator, full_finetune=full_finetune, lr=5e-3, kl_coef=kl_coef
+    )
     groups = _groups(policy, setup[2], n=2, k=2)
     before = [_seq_logp(policy, g) for g in groups]
     # answer 0 of each prompt is good, answer 1 is bad: RLOO advantages +2 / -2, reinforce +1 / -1

@@ -2,13 +2,17 @@
 
 One dataclass (TRL style: each field carries ``help`` metadata) that the CLI exposes flag by flag,
 that is saved next to every checkpoint (``config.json``) and that a resumed run is checked against.
-The defaults are the measured demo run: plain RLOO, LoRA r 16 on every linear layer, 4 prompts x 4
-answers, 40 new tokens, lr 5e-4. Against bundles/rm-default (held-out gain in the RM's score std, +-
-standard error): +0.55 +- 0.11 after 20 steps on the 32 default eval prompts (answers 35 -> 16 tokens,
-KL 5.6 nats per answer); in a run holding out 48 prompts +0.61 +- 0.09 after 10 steps, +0.77 after 20,
-+0.95 after 30 (answers 37 -> 19 -> 8 -> 5 tokens, KL 9 -> 13 -> 16). The earlier lr 2e-4 with
-adapters on q/v only gained about 0.1 std in 24-30 steps (KL ~1: the policy had hardly moved).
+The defaults are the measured demo run (which turns the KL penalty off for its 20 steps): plain RLOO,
+LoRA r 16 on every linear layer, 4 prompts x 4 answers, 40 new tokens, lr 5e-4. Against
+bundles/rm-default (held-out gain in the RM's score std, +- standard error): +0.55 +- 0.11 after 20
+steps on the 32 default eval prompts (answers 35 -> 16 tokens, KL 5.6 nats per answer); in a run
+holding out 48 prompts +0.61 +- 0.09 after 10 steps, +0.77 after 20, +0.95 after 30 (answers 37 -> 19
+-> 8 -> 5 tokens, KL 9 -> 13 -> 16). The earlier lr 2e-4 with adapters on q/v only gained about 0.1
+std in 24-30 steps (KL ~1: the policy had hardly moved).
 Most of the gain is length: this RM scores short answers higher ("I'm sorry.", "I don't know.").
+Over 100 steps the KL penalty decides: kl_coef 0.05 (the default) held KL at ~10 nats from step 20 on
+and gained +0.98 +- 0.09 std; 0.02 gained +1.21 but KL climbed to 30-39 and the policy collapsed into
+"I'm sorry I'm sorry ..." (entropy 0.02); an adaptive target of 10 nats gained +0.77.
 """
 
 from __future__ import annotations
@@ -117,7 +121,13 @@ class PolicyConfig:
     baseline: str = _f("batch_mean", "For estimator=baseline: batch_mean or moving_average.")
     baseline_momentum: float = _f(0.9, "Moving-average baseline: b <- m * b + (1 - m) * mean reward.")
     gamma: float = _f(1.0, "Discount: R_t = sum_k gamma^k r_{t+k}; 1.0 credits every token with the reward.")
-    kl_coef: float = _f(0.0, "Per-token KL penalty -beta * (logp - logp_ref) added to the rewards; 0 = off.")
+    kl_coef: float = _f(
+        0.05,
+        "Per-token KL penalty -beta * (logp - logp_ref) added to the rewards; 0 = off. Over 100 steps 0.05 "
+        "held the KL at ~10 nats per answer (+0.98 RM std held out), while 0.02 let it climb to 30-39 and "
+        "the policy collapsed into one repeated phrase (entropy 0.02). Short runs (the demo's 20 steps) "
+        "gain more without it.",
+    )
     kl_target: float | None = _f(
         None,
         "Adaptive KL: nats per answer to hold the KL to the reference at. kl_coef is then the starting beta, "
