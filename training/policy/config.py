@@ -11,8 +11,9 @@ holding out 48 prompts +0.61 +- 0.09 after 10 steps, +0.77 after 20, +0.95 after
 std in 24-30 steps (KL ~1: the policy had hardly moved).
 Most of the gain is length: this RM scores short answers higher ("I'm sorry.", "I don't know.").
 Over 100 steps the KL penalty decides: kl_coef 0.05 (the default) held KL at ~10 nats from step 20 on
-and gained +0.98 +- 0.09 std; 0.02 gained +1.21 but KL climbed to 30-39 and the policy collapsed into
-"I'm sorry I'm sorry ..." (entropy 0.02); an adaptive target of 10 nats gained +0.77.
+and gained +0.98 +- 0.09 std; 0.035 gained +1.07 +- 0.10 with KL 10-14 until step 90, then 17-19;
+0.02 gained +1.21 but KL climbed to 30-39 and the policy collapsed into "I'm sorry I'm sorry ..."
+(entropy 0.02); an adaptive target of 10 nats gained +0.77 (run-to-run noise is ~0.2 std).
 """
 
 from __future__ import annotations
@@ -124,9 +125,9 @@ class PolicyConfig:
     kl_coef: float = _f(
         0.05,
         "Per-token KL penalty -beta * (logp - logp_ref) added to the rewards; 0 = off. Over 100 steps 0.05 "
-        "held the KL at ~10 nats per answer (+0.98 RM std held out), while 0.02 let it climb to 30-39 and "
-        "the policy collapsed into one repeated phrase (entropy 0.02). Short runs (the demo's 20 steps) "
-        "gain more without it.",
+        "held the KL at ~10 nats per answer (+0.98 RM std held out), 0.035 gained +1.07 but the KL began "
+        "to climb after step 90, and 0.02 let it climb to 30-39: the policy collapsed into one repeated "
+        "phrase (entropy 0.02). Short runs (the demo's 20 steps) gain more without it.",
     )
     kl_target: float | None = _f(
         None,
