@@ -33,7 +33,7 @@ class TrainState:
     baseline_value: float | None
     rm_name: str
     rm_version: str
-    kl_coef: float | None = None  # the adaptive controller's current beta (None: config.kl_coef)
+    kl_coef: float  # this step's KL beta: config.kl_coef, or where the adaptive controller moved it
 
 
 def save_checkpoint(
@@ -98,5 +98,5 @@ def load_checkpoint(
         body["baseline_value"],
         str(body["rm_name"]),
         str(body["rm_version"]),
-        body.get("kl_coef"),  # absent in checkpoints written before the adaptive controller
+        float(body.get("kl_coef", config.kl_coef)),  # absent before the adaptive controller
     )

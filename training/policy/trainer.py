@@ -245,7 +245,7 @@ async def _run(
                 state.baseline_value = estimators.moving_average_baseline(
                     state.baseline_value, seq_rewards, config.baseline_momentum
                 )
-        kl_coef = config.kl_coef if state.kl_coef is None else state.kl_coef
+        kl_coef = state.kl_coef
         t0 = time.perf_counter()
         stats = await asyncio.to_thread(
             _with_threads, config.train_threads, policy_update,
