@@ -19,6 +19,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
+COPY cli ./cli
+COPY bench ./bench
 COPY deploy/install-service.sh ./deploy/install-service.sh
 RUN sh deploy/install-service.sh /opt/venv /src
 

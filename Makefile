@@ -27,11 +27,11 @@ demo: setup
 	$(BIN)/rlhf demo
 
 lint: setup
-	$(BIN)/ruff check service training tests
-	$(BIN)/ruff format --check service training tests
+	$(BIN)/ruff check service training bench cli tests
+	$(BIN)/ruff format --check service training bench cli tests
 
 typecheck: setup
-	$(BIN)/mypy service training
+	$(BIN)/mypy service training bench cli
 
 unit: setup
 	$(BIN)/python -m pytest -q

@@ -61,11 +61,11 @@ class DemoPaths:
 
 def rlhf(*args: str) -> list[str]:
     """The `rlhf` command line with the interpreter running this process (works in any venv)."""
-    return [sys.executable, "-m", "training.cli", *args]
+    return [sys.executable, "-m", "cli.main", *args]
 
 
 def shown(command: Sequence[str]) -> str:
-    """How a user would type the command: `rlhf ...` instead of `python -m training.cli ...`."""
+    """How a user would type the command: `rlhf ...` instead of `python -m cli.main ...`."""
     prefix = rlhf()
     if list(command[: len(prefix)]) == prefix:
         return " ".join(["rlhf", *command[len(prefix) :]])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench_scale import BenchError, Round, embedded_pairs_path, load_pairs, run_scale, summarise
+from bench.scale import BenchError, Round, embedded_pairs_path, load_pairs, run_scale, summarise
 from tests.bundle_factory import make_tiny_bundle
 
 

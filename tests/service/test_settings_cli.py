@@ -33,7 +33,7 @@ def test_inconsistent_limits_are_refused() -> None:
 
 
 def test_rlhf_serve_fails_fast_on_a_missing_bundle(tmp_path: Path) -> None:
-    from training.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["serve", "--bundle", str(tmp_path / "missing")])
     assert result.exit_code == 2

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
-from training.reward.bench_train import paired_gain
+from bench.train import paired_gain
+from cli.main import app
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from training.reward.data import load_run_split
 
 
 def test_commands_are_shown_as_a_user_types_them() -> None:
-    assert rlhf("eval", "--json")[:3] == [sys.executable, "-m", "training.cli"]
+    assert rlhf("eval", "--json")[:3] == [sys.executable, "-m", "cli.main"]
     assert shown(rlhf("export", "runs/rm", "--out", "b")) == "rlhf export runs/rm --out b"
     assert shown(["make", "test"]) == "make test"
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from bench.quant import run_bench
+from cli.main import app
 from service.bundle import load_bundle
 from service.encoding import pad_batch
 from service.onnx_scoring import length_sorted_batches, make_session, run_scores
 from tests.bundle_factory import make_tiny_bundle
-from training.cli import app
-from training.reward.bench_quant import run_bench
 from training.reward.data import PreferencePair
 from training.reward.evaluate import evaluate_bundle, evaluate_scores, pairwise_accuracy
 
@@ -134,7 +134,7 @@ def test_eval_and_bench_never_import_torch(bundle_dir: Path, data_file: Path) ->
     code = (
         "import sys\n"
         "from training.reward.evaluate import evaluate_bundle\n"
-        "from training.reward.bench_quant import run_bench\n"
+        "from bench.quant import run_bench\n"
         f"evaluate_bundle({str(bundle_dir)!r}, {str(data_file)!r}, limit=4)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

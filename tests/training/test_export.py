@@ -12,6 +12,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from service.bundle import MODEL_FILES, BundleError, load_bundle
 from service.encoding import PairEncoder, TruncationPolicy, pad_batch
 from service.onnx_scoring import make_session, run_scores, score_encoded
@@ -22,12 +23,17 @@ from tests.training.reward_helpers import (
     make_tiny_run,
     write_pairs,
 )
-from training.cli import app
-from training.reward import export as export_module
 from training.reward.data import load_run_split
 from training.reward.evaluate import encode_pair_sides
 from training.reward.export import ExportConfig, export_bundle
-from training.reward.gate import BatchDependenceError, ExportError, ParityError, RunDirError, check_parity
+from training.reward.export import build as export_module
+from training.reward.export.gate import (
+    BatchDependenceError,
+    ExportError,
+    ParityError,
+    RunDirError,
+    check_parity,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -184,7 +190,7 @@ def test_gate_checks_on_hand_made_numbers() -> None:
         check_parity(np.array([1.0, 2.0]), np.array([1.0, 2.1]), 1e-3)
     with pytest.raises(ParityError):
         check_parity(np.array([1.0]), np.array([np.nan]), 1e-3)
-    from training.reward.gate import check_batch_independence, int8_accuracy_failure
+    from training.reward.export.gate import check_batch_independence, int8_accuracy_failure
 
     with pytest.raises(BatchDependenceError, match="int8 graph is batch-dependent"):
         check_batch_independence("int8", 0.2, 1e-4)
@@ -249,7 +255,7 @@ def test_every_export_option_has_help() -> None:
 
 
 def test_recipes_select_the_documented_fp32_nodes(bundle_dir: Path) -> None:
-    from training.reward.quantize import DEFAULT_RECIPES, QuantRecipe, fp32_node_names
+    from training.reward.export.quantize import DEFAULT_RECIPES, QuantRecipe, fp32_node_names
 
     graph = onnx.load(str(bundle_dir / MODEL_FILES["fp32"]))
     assert fp32_node_names(graph, DEFAULT_RECIPES[0]) == []
@@ -284,8 +290,8 @@ def test_export_attention_choice_keeps_scores_and_leaves_the_model_alone(
 ) -> None:
     import torch
 
+    from training.reward.export.onnx_graph import export_onnx
     from training.reward.model import accepted_input_names, load_reward_model
-    from training.reward.onnx_export import export_onnx
 
     model = load_reward_model(str(run_dir / "final")).eval()
     trained_with = model.config._attn_implementation

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from cli.main import app
 from service.app import create_app
 from tests.bundle_factory import make_tiny_bundle
 from tests.service.conftest import LiveServer, settings_for
 from tests.training.policy_helpers import make_tiny_policy_dir, write_prompts
-from training.cli import app
 
 runner = CliRunner()
 OPTIONS = [

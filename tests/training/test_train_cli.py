@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from cli.main import app
 
 runner = CliRunner()
 
@@ -38,7 +38,7 @@ def test_help_documents_every_option() -> None:
 def test_cli_module_imports_no_heavy_engine() -> None:
     """`rlhf --help` must stay instant: torch, transformers and onnxruntime load only when a command runs."""
     code = (
-        "import sys, training.cli\n"
+        "import sys, cli.main\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )

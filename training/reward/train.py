@@ -2,8 +2,8 @@
 
     rlhf train-rm --out runs/rm                           # embedded hh-rlhf pairs, MiniLM, ~10 min on 2 cores
     rlhf train-rm --out runs/rm --resume                  # continue after a crash or kill
-    torchrun --nproc_per_node 4 -m training.cli train-rm --out runs/rm --device cuda  # several GPUs
-    accelerate launch --multi_gpu --num_processes 4 -m training.cli train-rm --out runs/rm  # the same
+    torchrun --nproc_per_node 4 -m cli.main train-rm --out runs/rm --device cuda  # several GPUs
+    accelerate launch --multi_gpu --num_processes 4 -m cli.main train-rm --out runs/rm  # the same
 
 One readable loop in the nanoGPT manner: set-up, then `for step in ...`. Under torchrun /
 accelerate launch every process trains on its own share of the batches (DDP averages gradients);

@@ -1,6 +1,6 @@
 """The naive baseline for `rlhf bench serve`: FastAPI + transformers, one forward per request.
 
-    python -m training.bench.naive_server --model DIR --port 8001 --threads 2
+    python -m bench.naive_server --model DIR --port 8001 --threads 2
 
 What a first attempt at a reward server looks like: a sync route (run in FastAPI's thread pool)
 that tokenises the request's pairs with the Hugging Face tokenizer and runs one PyTorch forward on

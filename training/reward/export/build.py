@@ -40,7 +40,7 @@ from service.onnx_scoring import length_sorted_batches, make_session, score_enco
 from training.reward.config import CONFIG_NAME, ConfigError, RewardConfig
 from training.reward.data import DataError, PreferencePair, load_run_split
 from training.reward.evaluate import encode_pair_sides, pairwise_accuracy
-from training.reward.gate import (
+from training.reward.export.gate import (
     ExportError,
     RunDirError,
     batch_dependence,
@@ -49,9 +49,9 @@ from training.reward.gate import (
     check_parity,
     int8_accuracy_failure,
 )
+from training.reward.export.onnx_graph import export_onnx, torch_scores
+from training.reward.export.quantize import DEFAULT_RECIPES, QuantRecipe, quantize_int8
 from training.reward.model import accepted_input_names, load_reward_model
-from training.reward.onnx_export import export_onnx, torch_scores
-from training.reward.quantize import DEFAULT_RECIPES, QuantRecipe, quantize_int8
 
 log = logging.getLogger(__name__)
 SCORE_STATS_NAME = "score_stats.json"

@@ -27,33 +27,33 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 
 # Sub-command registrations: one line per command, the function defined in its own module.
-from training.policy.cli import train_policy_command  # noqa: E402
+from cli.train_policy import train_policy_command  # noqa: E402
 
 app.command("train-policy")(train_policy_command)
 
-from service.bench_scale import bench_scale_command  # noqa: E402
+from bench.scale import bench_scale_command  # noqa: E402
 
 bench_app.command("scale")(bench_scale_command)
 
-from training.reward.export_cli import bench_quant_command, eval_command, export_command  # noqa: E402
+from cli.export import bench_quant_command, eval_command, export_command  # noqa: E402
 
 app.command("export")(export_command)
 app.command("eval")(eval_command)
 bench_app.command("quant")(bench_quant_command)
-from service.cli import serve_command  # noqa: E402
+from cli.serve import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
-from service.bench_serve import bench_serve_command  # noqa: E402
+from bench.serve import bench_serve_command  # noqa: E402
 
 bench_app.command("serve")(bench_serve_command)
 from training.demo import demo_command  # noqa: E402
 
 app.command("demo")(demo_command)
 
-from training.reward.train_cli import train_rm_command  # noqa: E402
+from cli.train_rm import train_rm_command  # noqa: E402
 
 app.command("train-rm")(train_rm_command)
-from training.reward.bench_train import bench_train_command  # noqa: E402
+from bench.train import bench_train_command  # noqa: E402
 
 bench_app.command("train")(bench_train_command)
 

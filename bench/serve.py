@@ -15,7 +15,7 @@ Each row also gives pairs per CPU second of the scoring process (from /proc): on
 wall-clock speed moves with other people's load, CPU-normalised speed much less. Raw onnxruntime is
 measured before and after the service and the faster run is the reference. Rows with failed
 requests are shown but never used in a ratio. Prints a markdown table and writes results.jsonl.
-Torch-free: the naive server runs in its own process (`training.bench.naive_server`, same max_length
+Torch-free: the naive server runs in its own process (`bench.naive_server`, same max_length
 as the bundle), started only when `--naive` is on.
 """
 
@@ -317,7 +317,7 @@ def bench_serve_command(
         port = free_port()
         naive_url = f"http://127.0.0.1:{port}"
         max_length = load_bundle(bundle).manifest.max_length  # truncate like the bundle does
-        cmd = [sys.executable, "-m", "training.bench.naive_server", "--port", str(port)]
+        cmd = [sys.executable, "-m", "bench.naive_server", "--port", str(port)]
         cmd += ["--threads", str(threads), "--max-length", str(max_length)]
         if naive_model:
             cmd += ["--model", naive_model]

@@ -56,7 +56,7 @@ def export_command(
 ) -> None:
     """Export a trained reward model to a gated ONNX bundle (fp32 + static int8) with a manifest."""
     from training.reward.export import ExportConfig, export_bundle
-    from training.reward.gate import ExportError
+    from training.reward.export.gate import ExportError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = ExportConfig(
@@ -142,8 +142,8 @@ def bench_quant_command(
     ] = False,
 ) -> None:
     """fp32 vs int8 pairs/s in onnxruntime, length-sorted vs arrival-order batches, measured in one run."""
+    from bench.quant import run_bench
     from service.bundle import BundleError
-    from training.reward.bench_quant import run_bench
 
     try:
         result = run_bench(bundle, data, pairs, batch_size, threads, repeats)

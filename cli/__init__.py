@@ -1,0 +1,1 @@
+"""`rlhf`: every sub-command registered in one place (`cli.main`), one module per command."""

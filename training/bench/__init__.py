@@ -1,1 +1,0 @@
-"""Benchmark peers that need torch (kept out of the torch-free `service/` package)."""
