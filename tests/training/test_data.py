@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from training.data import ASSISTANT_PREFIX, embedded_pairs_path, split_hh_dialogue
 from training.reward.data import (
-    DEFAULT_DATA,
     DataError,
     PreferencePair,
     load_pairs,
     load_run_split,
-    split_dialogue,
     split_pairs,
 )
 
@@ -34,8 +33,24 @@ Q = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how do I do X?\n\nAssistant:"
 
 
 def test_hh_dialogue_split_at_last_assistant_turn() -> None:
-    assert split_dialogue(Q + " Like this.") == (Q, " Like this.")
-    assert split_dialogue("\n\nHuman: no answer") is None
+    assert split_hh_dialogue(Q + " Like this.") == (Q, " Like this.")
+    assert split_hh_dialogue("\n\nHuman: no answer") is None
+
+
+def test_hh_split_keeps_the_marker_and_strips_nothing() -> None:
+    # what training and serving see: the question ends with the marker, the answer keeps its spaces
+    assert split_hh_dialogue("\n\nHuman: q \n\nAssistant:  two spaces \n") == (
+        "\n\nHuman: q " + ASSISTANT_PREFIX,
+        "  two spaces \n",
+    )
+    assert split_hh_dialogue(ASSISTANT_PREFIX) == (ASSISTANT_PREFIX, "")
+
+
+def test_embedded_pairs_path_is_the_shipped_file() -> None:
+    path = embedded_pairs_path()
+    assert path.is_file()
+    assert path.name == "hh-rlhf-harmless-2000.jsonl.gz"
+    assert path.parent == Path(__file__).resolve().parents[2] / "training" / "data"
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -122,7 +137,7 @@ def test_saved_dataset_dir(tmp_path: Path, as_dict: bool) -> None:
 
 def test_embedded_data() -> None:
     report = load_pairs()
-    assert report.source == str(DEFAULT_DATA)
+    assert report.source == str(embedded_pairs_path())
     assert len(report.pairs) + report.skipped == 2000
     assert report.skipped_reasons == {"question_mismatch": report.skipped}
     assert all(p.question.endswith("\n\nAssistant:") for p in report.pairs)

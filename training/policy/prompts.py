@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.data import ASSISTANT_PREFIX
 from training.policy.errors import PromptError
 from training.reward.data import (
-    ASSISTANT_PREFIX,
     DataError,
     PreferencePair,
     load_pairs,

@@ -6,9 +6,9 @@
 
 Formats (detected from the first record, then every record must match it):
 
-* hh-rlhf: ``{"chosen": dialogue, "rejected": dialogue}``. The question is the dialogue up to and
-  including the last ``"\\n\\nAssistant:"``; the answer is the rest. Rows whose two questions differ
-  (or that have no assistant turn) are skipped and counted, never silently dropped.
+* hh-rlhf: ``{"chosen": dialogue, "rejected": dialogue}``, cut by ``training.data.split_hh_dialogue``
+  (the question keeps the last ``"\\n\\nAssistant:"``; the answer is the rest). Rows whose two
+  questions differ (or that have no assistant turn) are skipped and counted, never silently dropped.
 * explicit: ``{"question": ..., "chosen": answer, "rejected": answer}``.
 * a directory written by ``datasets``' ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``; of a
   dict, the ``train`` split or the only split) whose rows are either of the two above.
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA: Path = Path(__file__).resolve().parent.parent / "data" / "hh-rlhf-harmless-2000.jsonl.gz"
-ASSISTANT_PREFIX = "\n\nAssistant:"
+from training.data import embedded_pairs_path, split_hh_dialogue
+
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -62,7 +62,13 @@ class LoadReport:
 
 def load_pairs(source: str | Path | None = None) -> LoadReport:
     """Read preference pairs from a JSONL file (gz or plain) or a saved dataset directory."""
-    path = Path(source) if source is not None else DEFAULT_DATA
+    if source is None:
+        try:
+            path = embedded_pairs_path()
+        except FileNotFoundError as err:
+            raise DataError(str(err)) from err
+    else:
+        path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     records = _dataset_records(path) if path.is_dir() else _jsonl_records(path)
@@ -82,15 +88,6 @@ def load_pairs(source: str | Path | None = None) -> LoadReport:
     if not pairs:
         raise DataError(f"{path}: every record was skipped ({dict(skipped)})")
     return LoadReport(pairs, sum(skipped.values()), dict(skipped), str(path))
-
-
-def split_dialogue(dialogue: str) -> tuple[str, str] | None:
-    """hh-rlhf dialogue -> (question incl. the last "\\n\\nAssistant:", answer), or None without one."""
-    cut = dialogue.rfind(ASSISTANT_PREFIX)
-    if cut < 0:
-        return None
-    end = cut + len(ASSISTANT_PREFIX)
-    return dialogue[:end], dialogue[end:]
 
 
 def split_pairs(
@@ -188,8 +185,8 @@ def _to_pair(record: Any, fmt: str, where: str) -> PreferencePair | str:
     if fmt == "explicit":
         question, chosen, rejected = record["question"], record["chosen"], record["rejected"]
     else:
-        chosen_split = split_dialogue(record["chosen"])
-        rejected_split = split_dialogue(record["rejected"])
+        chosen_split = split_hh_dialogue(record["chosen"])
+        rejected_split = split_hh_dialogue(record["rejected"])
         if chosen_split is None or rejected_split is None:
             return "no_assistant_turn"
         if chosen_split[0] != rejected_split[0]:
