@@ -21,8 +21,8 @@ import numpy as np
 from service.bundle import BundleError, Precision, load_bundle
 from service.encoding import EncodedPair, pad_batch
 from service.onnx_scoring import length_sorted_batches, make_session, run_scores
+from training.reward.batching import encode_pairs
 from training.reward.data import load_pairs
-from training.reward.evaluate import encode_pair_sides
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def run_bench(
         all_pairs[int(i)] for i in np.linspace(0, len(all_pairs) - 1, min(pairs, len(all_pairs))).round()
     ]
     encoder = bundle.encoder()
-    chosen, rejected = encode_pair_sides(encoder, picked)
+    chosen, rejected = encode_pairs(encoder, picked)
     # arrival order: each pair's two answers next to each other, as a trainer would send them
     encoded = [e for pair in zip(chosen, rejected, strict=True) for e in pair]
     names = bundle.manifest.input_names

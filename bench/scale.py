@@ -20,44 +20,32 @@ import asyncio
 import gzip
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
-from importlib.util import find_spec
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated
 
 import httpx
 import typer
 
+from bench.procs import ServerFailed, ServerProcess, free_port, start_server
 from service.client import AsyncRewardClient, ScoreResult
+from training.data import embedded_pairs_path, split_hh_dialogue
 
-ASSISTANT = "\n\nAssistant:"
-READY_TIMEOUT_S = 120.0  # loading + verifying a bundle and the canary pass, on a busy 2-core machine
-TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+STOP_TIMEOUT_S = 20.0  # a replica drains its (empty) queue on SIGTERM
 
 
 class BenchError(RuntimeError):
-    """The benchmark could not run (replica did not start, data missing); the message says why."""
-
-
-def embedded_pairs_path() -> Path:
-    """The hh-rlhf sample shipped in the project, located without importing the training package."""
-    spec = find_spec("training")
-    if spec is None or not spec.submodule_search_locations:
-        raise BenchError("the embedded hh-rlhf data was not found; pass --data FILE.jsonl.gz")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "hh-rlhf-harmless-2000.jsonl.gz"
+    """The data could not be read as hh-rlhf pairs, or holds too few; the message says why."""
 
 
 def load_pairs(path: Path, limit: int) -> list[tuple[str, str]]:
-    """(question, answer) pairs from hh-rlhf `chosen`/`rejected` dialogues: the answer is the last turn."""
+    """(question, answer) pairs from hh-rlhf `chosen`/`rejected` dialogues, cut as training cuts them."""
     pairs: list[tuple[str, str]] = []
     raw = path.read_bytes()
     text = gzip.decompress(raw).decode("utf-8") if raw[:2] == b"\x1f\x8b" else raw.decode("utf-8")
@@ -67,42 +55,22 @@ def load_pairs(path: Path, limit: int) -> list[tuple[str, str]]:
             dialogues = (str(record["chosen"]), str(record["rejected"]))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise BenchError(f"{path}:{number}: not an hh-rlhf record with chosen/rejected ({exc})") from exc
-        for dialogue in dialogues:
-            cut = dialogue.rfind(ASSISTANT) + len(ASSISTANT)
-            if cut >= len(ASSISTANT):
-                pairs.append((dialogue[:cut], dialogue[cut:]))
+        pairs.extend(split for split in map(split_hh_dialogue, dialogues) if split is not None)
         if len(pairs) >= limit:
             return pairs[:limit]
     raise BenchError(f"{path} holds {len(pairs)} pairs, fewer than --pairs {limit}")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (utime, stime: fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def machine_busy_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]  # idle + iowait
-    return (sum(values) - idle) / TICKS, sum(values) / TICKS
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / ticks, sum(values) / ticks
 
 
-@dataclass
-class Replica:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: TextIO
-
-
-def start_replica(bundle: Path, threads: int, precision: str, log_dir: Path) -> Replica:
+def start_replica(bundle: Path, threads: int, precision: str, log_dir: Path) -> ServerProcess:
+    """`python -m service` on a free port, logging to LOG_DIR/replica-PORT.log; not waited for."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}  # no inherited keys
     env.update(
@@ -113,54 +81,23 @@ def start_replica(bundle: Path, threads: int, precision: str, log_dir: Path) -> 
         RLHF_PRECISION=precision,
         RLHF_LOG_LEVEL="warning",
     )
-    log = (log_dir / f"replica-{port}.log").open("w+", encoding="utf-8")
-    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=log)
-    return Replica(f"http://127.0.0.1:{port}", process, log)
-
-
-def wait_ready(replicas: Sequence[Replica], timeout: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(replicas)
-    with httpx.Client(timeout=2.0) as http:
-        while pending:
-            replica = pending[0]
-            if replica.process.poll() is not None:
-                replica.log.seek(0)
-                code = replica.process.returncode
-                raise BenchError(f"replica {replica.url} exited with {code}:\n{replica.log.read()}")
-            try:
-                if http.get(replica.url + "/readyz").status_code == 200:
-                    pending.pop(0)
-                    continue
-            except httpx.TransportError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise BenchError(f"replica {replica.url} not ready after {timeout:.0f} s")
-            time.sleep(0.2)
-
-
-def stop_replica(replica: Replica) -> None:
-    if replica.process.poll() is None:
-        replica.process.send_signal(signal.SIGTERM)  # the service drains, then exits
-        try:
-            replica.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            replica.process.kill()
-            replica.process.wait(timeout=10)
-    replica.log.close()
+    command = [sys.executable, "-m", "service"]
+    return start_server(command, f"http://127.0.0.1:{port}", env, log_dir / f"replica-{port}.log")
 
 
 @contextmanager
 def running_replicas(
     count: int, bundle: Path, threads: int, precision: str, log_dir: Path
-) -> Iterator[list[Replica]]:
+) -> Iterator[list[ServerProcess]]:
+    """All replicas started at once (they load in parallel), then each waited for; stopped on exit."""
     with ExitStack() as stack:
         replicas = []
         for _ in range(count):
             replica = start_replica(bundle, threads, precision, log_dir)
-            stack.callback(stop_replica, replica)
+            stack.callback(replica.stop, STOP_TIMEOUT_S)
             replicas.append(replica)
-        wait_ready(replicas)
+        for replica in replicas:
+            replica.wait_ready()
         yield replicas
 
 
@@ -190,7 +127,7 @@ async def score_all(
         return result, time.perf_counter() - started
 
 
-def warm_up(replicas: Sequence[Replica], pairs: list[tuple[str, str]]) -> None:
+def warm_up(replicas: Sequence[ServerProcess], pairs: list[tuple[str, str]]) -> None:
     """One small request per replica, so session start-up costs stay out of the timed window."""
     body = {"pairs": [{"question": q, "answer": a} for q, a in pairs[:4]]}
     with httpx.Client(timeout=60.0) as http:
@@ -200,7 +137,7 @@ def warm_up(replicas: Sequence[Replica], pairs: list[tuple[str, str]]) -> None:
 
 def measure(
     used: int,
-    replicas: list[Replica],
+    replicas: list[ServerProcess],
     pairs: list[tuple[str, str]],
     index: int,
     chunk_size: int,
@@ -209,16 +146,14 @@ def measure(
 ) -> Round:
     """Score `pairs` through the first `used` replicas; CPU is read for all (the idle ones use ~0)."""
     urls = [r.url for r in replicas[:used]]
-    cpu_before = [process_cpu_seconds(r.process.pid) for r in replicas]
+    cpu_before = [r.cpu_seconds() for r in replicas]
     client_before = time.process_time()
     busy_before, _ = machine_busy_seconds()
     wall_before = time.perf_counter()
     result, seconds = asyncio.run(score_all(urls, pairs, chunk_size, concurrency, timeout))
     wall = time.perf_counter() - wall_before  # the CPU shares below use this same window
     busy_after, _ = machine_busy_seconds()
-    replica_cpu = sum(
-        process_cpu_seconds(r.process.pid) - b for r, b in zip(replicas, cpu_before, strict=True)
-    )
+    replica_cpu = sum(r.cpu_seconds() - b for r, b in zip(replicas, cpu_before, strict=True))
     return Round(
         replicas=used,
         round=index,
@@ -346,7 +281,7 @@ def bench_scale_command(
             results = run_scale(
                 bundle, texts, replicas, rounds, threads, precision, chunk_size, concurrency, timeout, log_dir
             )
-        except (BenchError, TimeoutError, httpx.HTTPError) as exc:
+        except (BenchError, ServerFailed, TimeoutError, httpx.HTTPError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
     summary = summarise(results)

@@ -2,8 +2,9 @@
 
     nice -n 10 rlhf bench serve --bundle bundles/rm-default --out runs/bench-serve
 
-On the real hh-rlhf length mix (the embedded 2,000 pairs, dialogue split at the last "Assistant:"),
-measured one after the other on the same machine so the ratios are fair:
+On the real hh-rlhf length mix (the embedded 2,000 pairs, each dialogue cut into question and answer by
+`training.data.split_hh_dialogue`, so the text measured is the text trained and served), measured one
+after the other on the same machine so the ratios are fair:
 
 1. raw onnxruntime on pre-tokenised, globally length-sorted batches of 32 of the same bundle graph
    (the engine's limit: no HTTP, no tokenisation, the best possible padding);
@@ -15,8 +16,8 @@ Each row also gives pairs per CPU second of the scoring process (from /proc): on
 wall-clock speed moves with other people's load, CPU-normalised speed much less. Raw onnxruntime is
 measured before and after the service and the faster run is the reference. Rows with failed
 requests are shown but never used in a ratio. Prints a markdown table and writes results.jsonl.
-Torch-free: the naive server runs in its own process (`bench.naive_server`, same max_length
-as the bundle), started only when `--naive` is on.
+Torch-free: the servers run in their own processes (`bench.procs`); the naive one
+(`bench.naive_server`, same max_length as the bundle) is started only when `--naive` is on.
 """
 
 from __future__ import annotations
@@ -27,11 +28,9 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,11 +39,12 @@ import httpx
 import numpy as np
 import typer
 
+from bench.procs import ServerProcess, free_port, running_server
 from service.bundle import load_bundle
-from service.encoding import pad_batch
+from service.encoding import PairEncoder, pad_batch
+from training.data import embedded_pairs_path, split_hh_dialogue
 
-DATA = Path(__file__).resolve().parents[1] / "training" / "data" / "hh-rlhf-harmless-2000.jsonl.gz"
-ASSISTANT = "\n\nAssistant:"
+NAIVE = "naive FastAPI+transformers"
 
 
 @dataclass
@@ -62,25 +62,23 @@ class Row:
     pairs_per_cpu_s: float | None = None  # pairs per CPU second of the scoring process: robust to other load
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of a process (all its threads), from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def load_hh_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
-    """(question, answer) from chosen and rejected dialogues, split at the last assistant turn."""
+    """(question, answer) from chosen and rejected dialogues, cut as training cuts them, shuffled."""
     pairs = []
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)
             for key in ("chosen", "rejected"):
-                text = record[key]
-                cut = text.rfind(ASSISTANT)
-                if cut > 0:
-                    pairs.append((text[:cut].strip(), text[cut + len(ASSISTANT) :].strip()))
+                split = split_hh_dialogue(record[key])
+                if split is not None:
+                    pairs.append(split)
     random.Random(seed).shuffle(pairs)
     return pairs[:limit]
+
+
+def token_count(encoder: PairEncoder, pairs: Sequence[tuple[str, str]]) -> int:
+    """Tokens of ``pairs`` after the bundle's truncation: what the scoring actually processes."""
+    return sum(len(e) for e in encoder.encode([q for q, _ in pairs], [a for _, a in pairs]))
 
 
 def raw_onnxruntime(bundle_dir: Path, precision: str, pairs: Sequence[tuple[str, str]], threads: int) -> Row:
@@ -111,43 +109,6 @@ def raw_onnxruntime(bundle_dir: Path, precision: str, pairs: Sequence[tuple[str,
         tokens / seconds,
         pairs_per_cpu_s=len(pairs) / cpu,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(
-    cmd: list[str], env: dict[str, str], url: str, probe: str, timeout: float = 120.0
-) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"{cmd} exited: {process.stderr.read().decode()[-2000:] if process.stderr else ''}"
-            )
-        try:
-            if httpx.get(url + probe, timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{cmd} did not become ready in {timeout}s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def requests_of(pairs: Sequence[tuple[str, str]], size: int) -> list[dict[str, Any]]:
@@ -238,6 +199,132 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def measured_row(
+    server: ServerProcess,
+    system: str,
+    label: str,
+    pairs: int,
+    tokens: int,
+    load: Coroutine[Any, Any, Measured],
+) -> Row:
+    """Run one load against ``server``, timing the CPU seconds it spent; print the row at once."""
+    cpu = server.cpu_seconds()
+    result = asyncio.run(load)
+    measured = row(system, label, pairs, tokens, result, server.cpu_seconds() - cpu)
+    typer.echo(table([measured]))
+    return measured
+
+
+def service_env(
+    bundle: Path, precision: str, threads: int, port: int, max_queue_pairs: int, knobs: dict[str, Any]
+) -> dict[str, str]:
+    """This process's environment plus the service's settings; ``knobs`` left at None stay unset."""
+    env = {
+        **os.environ,
+        "RLHF_BUNDLE": str(bundle), "RLHF_PRECISION": precision, "RLHF_PORT": str(port),
+        "RLHF_INTRA_OP_THREADS": str(threads), "RLHF_LOG_LEVEL": "warning",
+        "RLHF_MAX_QUEUE_PAIRS": str(max_queue_pairs),
+    }  # fmt: skip
+    env.update({key: str(value) for key, value in knobs.items() if value is not None})
+    return env
+
+
+def load_service(
+    server: ServerProcess, work: Sequence[tuple[str, str]], tokens: int, levels: list[int], request_pairs: int
+) -> list[Row]:
+    """Closed loop at each client count, then open loop (Poisson arrivals) at half the peak reached."""
+    asyncio.run(closed_loop(server.url, requests_of(work[:64], request_pairs), 4))  # warm-up
+    bodies = requests_of(work, request_pairs)
+    rows = [
+        measured_row(server, "service", str(level), len(work), tokens, closed_loop(server.url, bodies, level))
+        for level in levels
+    ]
+    peak = max(r.pairs_per_s for r in rows)
+    load = open_loop(server.url, bodies, 0.5 * peak / request_pairs)
+    rows.append(
+        measured_row(server, "service", f"open loop {0.5 * peak:.0f} pairs/s", len(work), tokens, load)
+    )
+    return rows
+
+
+def run_naive(
+    bundle: Path,
+    model: str,
+    threads: int,
+    work: Sequence[tuple[str, str]],
+    tokens: int,
+    levels: list[int],
+    request_pairs: int,
+) -> list[Row]:
+    """Start the naive server (truncating like the bundle does) and load it at up to 16 clients."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    max_length = load_bundle(bundle).manifest.max_length
+    cmd = [sys.executable, "-m", "bench.naive_server", "--port", str(port)]
+    cmd += ["--threads", str(threads), "--max-length", str(max_length)]
+    if model:
+        cmd += ["--model", model]
+    with running_server(cmd, url, {**os.environ, "HF_HUB_OFFLINE": "1"}, probe="/healthz") as server:
+        asyncio.run(closed_loop(url, requests_of(work[:16], request_pairs), 2))  # warm-up
+        bodies = requests_of(work, request_pairs)
+        return [
+            measured_row(server, NAIVE, str(level), len(work), tokens, closed_loop(url, bodies, level))
+            for level in levels
+            if level <= 16
+        ]
+
+
+def summarise(rows: Sequence[Row]) -> dict[str, float]:
+    """The ratios the targets name, from rows without failed requests (NaN where a side is missing)."""
+    clean = [r for r in rows if r.errors == 0]
+    raw = max(r.pairs_per_s for r in clean if r.system.startswith("raw"))
+    peak = max(
+        (r.pairs_per_s for r in clean if r.system == "service" and not r.concurrency.startswith("open")),
+        default=float("nan"),
+    )
+    naive_peak = max((r.pairs_per_s for r in clean if r.system.startswith("naive")), default=float("nan"))
+    half = next(r for r in rows if r.concurrency.startswith("open"))
+
+    def best_cpu(prefix: str) -> float:
+        values = [r.pairs_per_cpu_s for r in clean if r.system.startswith(prefix) and r.pairs_per_cpu_s]
+        return max(values, default=float("nan"))
+
+    return {
+        "service_vs_raw": peak / raw,
+        "service_vs_naive": peak / naive_peak,
+        "p99_over_p50_at_half_load": (half.p99_ms or 0) / (half.p50_ms or 1),
+        "service_vs_raw_per_cpu_s": best_cpu("service") / best_cpu("raw"),
+        "service_vs_naive_per_cpu_s": best_cpu("service") / best_cpu("naive"),
+    }
+
+
+def report(rows: Sequence[Row], summary: dict[str, float]) -> str:
+    """The markdown table of every row, then each ratio next to its target."""
+    lines = [
+        f"service peak / raw onnxruntime: {summary['service_vs_raw']:.2f}x (target >= 0.9)",
+        f"service peak / naive peak: {summary['service_vs_naive']:.2f}x (target >= 3)",
+        f"p99 / p50 at half of peak load: {summary['p99_over_p50_at_half_load']:.2f} (target <= 3)",
+        f"per CPU second (robust to other load on a shared machine): service / raw "
+        f"{summary['service_vs_raw_per_cpu_s']:.2f}x, service / naive "
+        f"{summary['service_vs_naive_per_cpu_s']:.2f}x",
+    ]
+    return table(rows) + "\n\n" + "\n".join(lines)
+
+
+def write_results(
+    out: Path, text: str, rows: Sequence[Row], summary: dict[str, float], request_pairs: int, threads: int
+) -> None:
+    """OUT/table.md (what was printed) and OUT/results.jsonl (one line per row, then the summary)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text + "\n", encoding="utf-8")
+    with (out / "results.jsonl").open("w", encoding="utf-8") as handle:
+        for r in rows:
+            handle.write(json.dumps(asdict(r)) + "\n")
+        handle.write(
+            json.dumps({"summary": summary, "request_pairs": request_pairs, "threads": threads}) + "\n"
+        )
+
+
 def bench_serve_command(
     bundle: Annotated[Path, typer.Option(help="bundle directory")] = Path("bundles/rm-default"),
     precision: Annotated[str, typer.Option(help="auto | fp32 | int8 (auto = int8 if shipped)")] = "auto",
@@ -255,7 +342,10 @@ def bench_serve_command(
     max_batch_pairs: Annotated[int | None, typer.Option(help="service RLHF_MAX_BATCH_PAIRS")] = None,
     batch_wait_ms: Annotated[float | None, typer.Option(help="service RLHF_BATCH_WAIT_MS")] = None,
     max_padding_ratio: Annotated[float | None, typer.Option(help="service RLHF_MAX_PADDING_RATIO")] = None,
-    data: Annotated[Path, typer.Option(help="hh-rlhf style JSONL(.gz) with chosen/rejected")] = DATA,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="hh-rlhf style JSONL(.gz) with chosen/rejected; default the embedded sample"),
+    ] = None,
     out: Annotated[Path, typer.Option(help="directory for results.jsonl and table.md")] = Path(
         "runs/bench-serve"
     ),
@@ -263,117 +353,40 @@ def bench_serve_command(
     """Service vs raw onnxruntime vs naive per-request server on the hh-rlhf length mix."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally`s: stop the servers
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
-    data_pairs = load_hh_pairs(data, max(pairs, naive_pairs), seed=0)
+    data_pairs = load_hh_pairs(data or embedded_pairs_path(), max(pairs, naive_pairs), seed=0)
     work = data_pairs[:pairs]
     encoder = load_bundle(bundle).encoder()
-    tokens = sum(len(e) for e in encoder.encode([q for q, _ in work], [a for _, a in work]))
+    tokens = token_count(encoder, work)
     typer.echo(f"{len(work)} pairs, {tokens / len(work):.0f} tokens/pair on average (after truncation)")
-    # raw onnxruntime is measured before and after the service (the machine may be shared): the
+
+    # 1. raw onnxruntime, measured before and after the service (the machine may be shared): the
     # faster of the two is the reference, which can only make the service's ratio look worse
     rows: list[Row] = [raw_onnxruntime(bundle, precision, work, threads)]
     typer.echo(table(rows[-1:]))
 
+    # 2. the service in its own process, closed then open loop
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        "RLHF_BUNDLE": str(bundle), "RLHF_PRECISION": precision, "RLHF_PORT": str(port),
-        "RLHF_INTRA_OP_THREADS": str(threads), "RLHF_LOG_LEVEL": "warning",
-        "RLHF_MAX_QUEUE_PAIRS": str(max(2048, max(levels) * request_pairs * 2)),
+    knobs = {
+        "RLHF_MAX_BATCH_TOKENS": max_batch_tokens, "RLHF_SUBBATCH_TOKENS": subbatch_tokens,
+        "RLHF_MAX_BATCH_PAIRS": max_batch_pairs, "RLHF_BATCH_WAIT_MS": batch_wait_ms,
+        "RLHF_MAX_PADDING_RATIO": max_padding_ratio,
     }  # fmt: skip
-    for key, value in [
-        ("RLHF_MAX_BATCH_TOKENS", max_batch_tokens),
-        ("RLHF_SUBBATCH_TOKENS", subbatch_tokens),
-        ("RLHF_MAX_BATCH_PAIRS", max_batch_pairs),
-        ("RLHF_BATCH_WAIT_MS", batch_wait_ms),
-        ("RLHF_MAX_PADDING_RATIO", max_padding_ratio),
-    ]:
-        if value is not None:
-            env[key] = str(value)
-    service = start([sys.executable, "-m", "service"], env, url, "/readyz")
-    try:
-        asyncio.run(closed_loop(url, requests_of(work[:64], request_pairs), 4))  # warm-up
-        for level in levels:
-            cpu = cpu_seconds(service.pid)
-            result = asyncio.run(closed_loop(url, requests_of(work, request_pairs), level))
-            rows.append(row("service", str(level), len(work), tokens, result, cpu_seconds(service.pid) - cpu))
-            typer.echo(table(rows[-1:]))
-        peak = max(r.pairs_per_s for r in rows if r.system == "service")
-        rate = 0.5 * peak / request_pairs
-        cpu = cpu_seconds(service.pid)
-        result = asyncio.run(open_loop(url, requests_of(work, request_pairs), rate))
-        label = f"open loop {0.5 * peak:.0f} pairs/s"
-        rows.append(row("service", label, len(work), tokens, result, cpu_seconds(service.pid) - cpu))
-        typer.echo(table(rows[-1:]))
-    finally:
-        stop(service)
+    env = service_env(bundle, precision, threads, port, max(2048, max(levels) * request_pairs * 2), knobs)
+    with running_server([sys.executable, "-m", "service"], url, env) as service:
+        rows += load_service(service, work, tokens, levels, request_pairs)
     rows.append(raw_onnxruntime(bundle, precision, work, threads))
     typer.echo(table(rows[-1:]))
 
+    # 3. the naive per-request server
     if naive:
         naive_work = data_pairs[:naive_pairs]
-        naive_tokens = sum(
-            len(e) for e in encoder.encode([q for q, _ in naive_work], [a for _, a in naive_work])
+        rows += run_naive(
+            bundle, naive_model, threads, naive_work, token_count(encoder, naive_work), levels, request_pairs
         )
-        port = free_port()
-        naive_url = f"http://127.0.0.1:{port}"
-        max_length = load_bundle(bundle).manifest.max_length  # truncate like the bundle does
-        cmd = [sys.executable, "-m", "bench.naive_server", "--port", str(port)]
-        cmd += ["--threads", str(threads), "--max-length", str(max_length)]
-        if naive_model:
-            cmd += ["--model", naive_model]
-        server = start(cmd, {"HF_HUB_OFFLINE": "1"}, naive_url, "/healthz")
-        try:
-            asyncio.run(closed_loop(naive_url, requests_of(naive_work[:16], request_pairs), 2))  # warm-up
-            for level in [c for c in levels if c <= 16]:
-                cpu = cpu_seconds(server.pid)
-                result = asyncio.run(closed_loop(naive_url, requests_of(naive_work, request_pairs), level))
-                cpu = cpu_seconds(server.pid) - cpu
-                name = "naive FastAPI+transformers"
-                rows.append(row(name, str(level), len(naive_work), naive_tokens, result, cpu))
-                typer.echo(table(rows[-1:]))
-        finally:
-            stop(server)
 
-    clean = [r for r in rows if r.errors == 0]
-    raw = max(r.pairs_per_s for r in clean if r.system.startswith("raw"))
-    peak = max(
-        (r.pairs_per_s for r in clean if r.system == "service" and not r.concurrency.startswith("open")),
-        default=float("nan"),
-    )
-    naive_peak = max((r.pairs_per_s for r in clean if r.system.startswith("naive")), default=float("nan"))
-    half = next(r for r in rows if r.concurrency.startswith("open"))
-
-    def best_cpu(prefix: str) -> float:
-        values = [r.pairs_per_cpu_s for r in clean if r.system.startswith(prefix) and r.pairs_per_cpu_s]
-        return max(values, default=float("nan"))
-
-    summary = {
-        "service_vs_raw": peak / raw,
-        "service_vs_naive": peak / naive_peak,
-        "p99_over_p50_at_half_load": (half.p99_ms or 0) / (half.p50_ms or 1),
-        "service_vs_raw_per_cpu_s": best_cpu("service") / best_cpu("raw"),
-        "service_vs_naive_per_cpu_s": best_cpu("service") / best_cpu("naive"),
-    }
-    text = (
-        table(rows)
-        + "\n\n"
-        + "\n".join(
-            [
-                f"service peak / raw onnxruntime: {summary['service_vs_raw']:.2f}x (target >= 0.9)",
-                f"service peak / naive peak: {summary['service_vs_naive']:.2f}x (target >= 3)",
-                f"p99 / p50 at half of peak load: {summary['p99_over_p50_at_half_load']:.2f} (target <= 3)",
-                f"per CPU second (robust to other load on a shared machine): service / raw "
-                f"{summary['service_vs_raw_per_cpu_s']:.2f}x, service / naive "
-                f"{summary['service_vs_naive_per_cpu_s']:.2f}x",
-            ]
-        )
-    )
+    # 4. ratios against their targets, printed and written
+    summary = summarise(rows)
+    text = report(rows, summary)
     typer.echo("\n" + text)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(text + "\n", encoding="utf-8")
-    with (out / "results.jsonl").open("w", encoding="utf-8") as handle:
-        for r in rows:
-            handle.write(json.dumps(asdict(r)) + "\n")
-        handle.write(
-            json.dumps({"summary": summary, "request_pairs": request_pairs, "threads": threads}) + "\n"
-        )
+    write_results(out, text, rows, summary, request_pairs, threads)

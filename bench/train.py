@@ -1,6 +1,6 @@
 """`rlhf bench train`: our training loop against TRL's `RewardTrainer`, side by side in one run.
 
-    rlhf bench train --out runs/bench-train                        # full comparison (~3 trainings)
+    rlhf bench train --out runs/bench-train                        # full comparison (3 trainings)
     rlhf bench train --limit 240 --out /tmp/bench-smoke            # smoke run on 240 pairs
     rlhf bench train --reuse-ours runs/rm-default                  # all-pairs model from an existing run
 
@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from bench.padding import padding_stats, random_batches
 from training.reward.config import RewardConfig
+
+if TYPE_CHECKING:
+    from training.reward.data import PreferencePair
 
 
 def bench_train_command(
@@ -90,82 +94,40 @@ def bench_train_command(
     typer.echo(f"wrote {out / 'bench_train.json'}")
 
 
+@dataclass
+class BenchPairs:
+    """The pairs both sides train on, with the ids TRL's tokenise step would produce for them."""
+
+    train_pairs: list[PreferencePair]
+    val_pairs: list[PreferencePair]  # the held-out set of every side
+    hf_tokenizer: Any  # the base model's Hugging Face tokenizer (TRL's processing class)
+    trl_chosen: list[list[int]]  # [CLS] question + chosen [SEP] of every training pair, untruncated
+    trl_rejected: list[list[int]]
+    kept: list[int]  # training pairs TRL keeps: both sides within max_length
+
+    @property
+    def kept_pairs(self) -> list[PreferencePair]:
+        return [self.train_pairs[i] for i in self.kept]
+
+
 def run_bench(
     base: RewardConfig, out: Path, limit: int, reuse_ours: Path | None, skip_trl: bool
 ) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
-    from service.encoding import PairEncoder, TruncationPolicy
-    from training.reward.batching import (
-        encode_pairs,
-        length_grouped_batches,
-        padding_stats,
-        pair_lengths,
-        random_batches,
-    )
-    from training.reward.data import load_pairs, split_pairs
-    from training.reward.model import tokenizer_json_path
-
+    """Every side in turn; OUT/bench_train.json is rewritten after each, so a stopped run keeps its parts."""
     out.mkdir(parents=True, exist_ok=True)
-    pairs = load_pairs(base.data).pairs
-    pairs = pairs[:limit] if limit else pairs
-    train_pairs, val_pairs = split_pairs(pairs, base.val_fraction, base.seed)
-    hf_tok = AutoTokenizer.from_pretrained(base.base_model)
-    trl_c = hf_tok([p.question + p.chosen for p in train_pairs])["input_ids"]
-    trl_r = hf_tok([p.question + p.rejected for p in train_pairs])["input_ids"]
-    kept = [i for i in range(len(train_pairs)) if max(len(trl_c[i]), len(trl_r[i])) <= base.max_length]
-    kept_pairs = [train_pairs[i] for i in kept]
-
-    encoder = PairEncoder.from_file(
-        tokenizer_json_path(base.base_model), TruncationPolicy(base.max_length, base.min_question_tokens)
-    )
-    ours_c, ours_r = encode_pairs(encoder, kept_pairs)
-    ours_pad = padding_stats(
-        length_grouped_batches(
-            pair_lengths(ours_c, ours_r), base.batch_size, base.seed, 0, base.length_group_batches
-        ),
-        [len(e) for e in ours_c],
-        [len(e) for e in ours_r],
-    )
-    trl_pad = padding_stats(
-        random_batches(len(kept), base.batch_size, base.seed),
-        [len(trl_c[i]) for i in kept],
-        [len(trl_r[i]) for i in kept],
-    )
-    result: dict[str, Any] = {
-        "data": str(base.data or "embedded hh-rlhf-harmless-2000"),
-        "limit": limit,
-        "train_pairs": len(train_pairs),
-        "trl_kept_pairs": len(kept),
-        "trl_dropped_fraction": 1 - len(kept) / max(1, len(train_pairs)),
-        "heldout_pairs": len(val_pairs),
-        "batch_size": base.batch_size,
-        "max_length": base.max_length,
-        "lr": base.lr,
-        "base_model": base.base_model,
-        "padding": {
-            "trl": trl_pad,
-            "ours": ours_pad,
-            "pad_token_ratio_trl_over_ours": trl_pad["pad_tokens"] / max(1, ours_pad["pad_tokens"]),
-            "padded_token_ratio_trl_over_ours": trl_pad["padded_tokens"] / max(1, ours_pad["padded_tokens"]),
-        },
-    }
+    pairs = _bench_pairs(base, limit)
+    result = _setup_record(base, pairs, limit)
     _save(out, result)
 
+    # TRL's RewardTrainer on the pairs it keeps
     if not skip_trl:
-        trl_run = _train_trl(base, hf_tok, [trl_c[i] for i in kept], [trl_r[i] for i in kept], out / "trl")
-        trl_model = trl_run.pop("model")
-        result["trl"] = {
-            **trl_run,
-            **_heldout_trl(trl_model, hf_tok, val_pairs, base, side="right"),
-            **_heldout_trl(trl_model, hf_tok, val_pairs, base, side="left", suffix="_left_truncated"),
-        }
+        result["trl"] = _run_trl(base, pairs, out / "trl")
         _save(out, result)
 
     # our loop on exactly the pairs TRL keeps: the time comparison
-    kept_file = _write_pairs(out / "data" / "trl-kept-train.jsonl", kept_pairs)
+    kept_file = _write_pairs(out / "data" / "trl-kept-train.jsonl", pairs.kept_pairs)
     kept_run = _train_ours(replace(base, data=str(kept_file), val_fraction=0.0), out / "ours-kept")
-    result["ours_kept"] = {**kept_run, **_heldout_ours(Path(kept_run["final_dir"]), base, val_pairs)}
+    result["ours_kept"] = {**kept_run, **_heldout_ours(Path(kept_run["final_dir"]), base, pairs.val_pairs)}
     if "trl" in result:
         # wall time is what the target names; CPU seconds of the process are the robust twin of it
         # on a machine shared with other jobs (both sides run the same number of threads)
@@ -178,32 +140,117 @@ def run_bench(
     _save(out, result)
 
     # our loop on every training pair: the accuracy comparison
-    if reuse_ours is not None:
-        final = reuse_ours / "final"
-        saved = RewardConfig.load(final / "reward_config.json")
-        mismatch = {
-            k: (getattr(saved, k), getattr(base, k))
-            for k in ("seed", "val_fraction", "batch_size", "max_length", "epochs")
-            if getattr(saved, k) != getattr(base, k)
-        }
-        if mismatch or limit:
-            raise typer.BadParameter(
-                f"--reuse-ours run differs from the bench settings: {mismatch or 'limit'}"
-            )
-        all_run: dict[str, Any] = {"final_dir": str(final), "reused": True}
-    else:
-        all_file = _write_pairs(out / "data" / "all-train.jsonl", train_pairs)
-        all_run = _train_ours(replace(base, data=str(all_file), val_fraction=0.0), out / "ours-all")
-    result["ours_all"] = {**all_run, **_heldout_ours(Path(all_run["final_dir"]), base, val_pairs)}
+    all_run = _ours_on_all_pairs(base, pairs, out, reuse_ours, limit)
+    result["ours_all"] = {**all_run, **_heldout_ours(Path(all_run["final_dir"]), base, pairs.val_pairs)}
     if "trl" in result:
-        ours_correct, trl = result["ours_all"]["heldout_correct"], result["trl"]
-        gain, se = paired_gain(ours_correct, trl["heldout_correct"])
-        gain_left, se_left = paired_gain(ours_correct, trl["heldout_correct_left_truncated"])
-        result["accuracy_gain_points"], result["accuracy_gain_se_points"] = gain, se
-        result["accuracy_gain_points_vs_trl_left_truncated"] = gain_left
-        result["accuracy_gain_se_points_vs_trl_left_truncated"] = se_left
+        result.update(_accuracy_gains(result["ours_all"], result["trl"]))
     _save(out, result)
     return result
+
+
+def _bench_pairs(base: RewardConfig, limit: int) -> BenchPairs:
+    """Split the data as training does; tokenise every training pair as TRL would, to see what it keeps."""
+    from transformers import AutoTokenizer
+
+    from training.reward.data import load_pairs, split_pairs
+
+    pairs = load_pairs(base.data).pairs
+    pairs = pairs[:limit] if limit else pairs
+    train_pairs, val_pairs = split_pairs(pairs, base.val_fraction, base.seed)
+    hf_tok = AutoTokenizer.from_pretrained(base.base_model)
+    trl_c = hf_tok([p.question + p.chosen for p in train_pairs])["input_ids"]
+    trl_r = hf_tok([p.question + p.rejected for p in train_pairs])["input_ids"]
+    kept = [i for i in range(len(train_pairs)) if max(len(trl_c[i]), len(trl_r[i])) <= base.max_length]
+    return BenchPairs(train_pairs, val_pairs, hf_tok, trl_c, trl_r, kept)
+
+
+def _setup_record(base: RewardConfig, pairs: BenchPairs, limit: int) -> dict[str, Any]:
+    """The settings, the pair counts and the padded tokens of one epoch on each side."""
+    from service.encoding import PairEncoder, TruncationPolicy
+    from training.reward.batching import encode_pairs, length_grouped_batches, pair_lengths
+    from training.reward.model import tokenizer_json_path
+
+    encoder = PairEncoder.from_file(
+        tokenizer_json_path(base.base_model), TruncationPolicy(base.max_length, base.min_question_tokens)
+    )
+    ours_c, ours_r = encode_pairs(encoder, pairs.kept_pairs)
+    ours_pad = padding_stats(
+        length_grouped_batches(
+            pair_lengths(ours_c, ours_r), base.batch_size, base.seed, 0, base.length_group_batches
+        ),
+        [len(e) for e in ours_c],
+        [len(e) for e in ours_r],
+    )
+    trl_pad = padding_stats(
+        random_batches(len(pairs.kept), base.batch_size, base.seed),
+        [len(pairs.trl_chosen[i]) for i in pairs.kept],
+        [len(pairs.trl_rejected[i]) for i in pairs.kept],
+    )
+    n_train = len(pairs.train_pairs)
+    return {
+        "data": str(base.data or "embedded hh-rlhf-harmless-2000"),
+        "limit": limit,
+        "train_pairs": n_train,
+        "trl_kept_pairs": len(pairs.kept),
+        "trl_dropped_fraction": 1 - len(pairs.kept) / max(1, n_train),
+        "heldout_pairs": len(pairs.val_pairs),
+        "batch_size": base.batch_size,
+        "max_length": base.max_length,
+        "lr": base.lr,
+        "base_model": base.base_model,
+        "padding": {
+            "trl": trl_pad,
+            "ours": ours_pad,
+            "pad_token_ratio_trl_over_ours": trl_pad["pad_tokens"] / max(1, ours_pad["pad_tokens"]),
+            "padded_token_ratio_trl_over_ours": trl_pad["padded_tokens"] / max(1, ours_pad["padded_tokens"]),
+        },
+    }
+
+
+def _run_trl(base: RewardConfig, pairs: BenchPairs, out: Path) -> dict[str, Any]:
+    """Train with TRL on the kept pairs; score its model as TRL leaves it and with our truncation."""
+    chosen = [pairs.trl_chosen[i] for i in pairs.kept]
+    rejected = [pairs.trl_rejected[i] for i in pairs.kept]
+    run = _train_trl(base, pairs.hf_tokenizer, chosen, rejected, out)
+    model = run.pop("model")
+    return {
+        **run,
+        **_heldout_trl(model, pairs.hf_tokenizer, pairs.val_pairs, base, side="right"),
+        **_heldout_trl(
+            model, pairs.hf_tokenizer, pairs.val_pairs, base, side="left", suffix="_left_truncated"
+        ),
+    }
+
+
+def _ours_on_all_pairs(
+    base: RewardConfig, pairs: BenchPairs, out: Path, reuse_ours: Path | None, limit: int
+) -> dict[str, Any]:
+    """Train our loop on every training pair, or reuse a finished `rlhf train-rm` run of the same settings."""
+    if reuse_ours is None:
+        all_file = _write_pairs(out / "data" / "all-train.jsonl", pairs.train_pairs)
+        return _train_ours(replace(base, data=str(all_file), val_fraction=0.0), out / "ours-all")
+    final = reuse_ours / "final"
+    saved = RewardConfig.load(final / "reward_config.json")
+    mismatch = {
+        k: (getattr(saved, k), getattr(base, k))
+        for k in ("seed", "val_fraction", "batch_size", "max_length", "epochs")
+        if getattr(saved, k) != getattr(base, k)
+    }
+    if mismatch or limit:
+        raise typer.BadParameter(f"--reuse-ours run differs from the bench settings: {mismatch or 'limit'}")
+    return {"final_dir": str(final), "reused": True}
+
+
+def _accuracy_gains(ours_all: dict[str, Any], trl: dict[str, Any]) -> dict[str, float]:
+    """Held-out accuracy gain of ours (all pairs) over TRL, as TRL leaves it and with our truncation."""
+    gain, se = paired_gain(ours_all["heldout_correct"], trl["heldout_correct"])
+    gain_left, se_left = paired_gain(ours_all["heldout_correct"], trl["heldout_correct_left_truncated"])
+    return {
+        "accuracy_gain_points": gain,
+        "accuracy_gain_se_points": se,
+        "accuracy_gain_points_vs_trl_left_truncated": gain_left,
+        "accuracy_gain_se_points_vs_trl_left_truncated": se_left,
+    }
 
 
 def _train_ours(config: RewardConfig, out: Path) -> dict[str, Any]:

@@ -1,12 +1,13 @@
-"""`rlhf export`, `rlhf eval` and `rlhf bench quant`: the command-line faces of export.py,
-evaluate.py and bench_quant.py.
+"""`rlhf export`, `rlhf eval` and `rlhf bench quant`: the command-line faces of the export, of
+`training/reward/evaluate.py` and of `bench/quant.py`.
 
     rlhf export runs/rm --out bundles/rm-v1
     rlhf eval --bundle bundles/rm-v1 --data heldout.jsonl.gz --precision int8 --json
     rlhf bench quant --bundle bundles/rm-v1
 
-Heavy imports (torch, transformers, onnxruntime) happen inside the commands so `rlhf --help` stays
-instant; `rlhf eval` and `rlhf bench quant` never import torch.
+`rlhf export` has one option per :class:`ExportConfig` field, generated from its help metadata
+(`cli/options.py`). Heavy imports (torch, transformers, onnxruntime) happen inside the commands so
+`rlhf --help` stays instant; `rlhf eval` and `rlhf bench quant` never import torch.
 """
 
 from __future__ import annotations
@@ -14,62 +15,34 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
+
+from cli.options import ConfigOptions
+from training.reward.export.config import ExportConfig
 
 EXIT_FAILED = 1  # a gate or a bundle check refused; the message says which
 
 
+EXPORT = ConfigOptions(ExportConfig, exclude={"recipes"})
+
+
+@EXPORT.command
 def export_command(
+    given: dict[str, Any],
     run_dir: Annotated[
         Path, typer.Argument(help="Training run directory (the --out of `rlhf train-rm`) or its final/.")
     ],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to create (written atomically).")],
-    name: Annotated[str | None, typer.Option(help="Bundle name (default: the run directory's name).")] = None,
-    version: Annotated[
-        str | None, typer.Option(help="Bundle version (default: UTC time of the export).")
-    ] = None,
-    eval_pairs: Annotated[
-        int, typer.Option(help="Validation-split pairs the gate evaluates (0 = the whole split).")
-    ] = 0,
-    calibration_pairs: Annotated[
-        int,
-        typer.Option(help="Training-split pairs (both answers) that calibrate the int8 activation ranges."),
-    ] = 128,
-    no_int8: Annotated[
-        bool, typer.Option("--no-int8", help="Ship the fp32 graph only (no quantisation).")
-    ] = False,
-    max_int8_drop: Annotated[
-        float, typer.Option(help="Max pairwise-accuracy points int8 may lose vs fp32; else only fp32 ships.")
-    ] = 1.0,
-    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads during the gate.")] = 2,
-    attention: Annotated[
-        str,
-        typer.Option(
-            help="Attention traced into the graphs: eager (fastest in onnxruntime), sdpa, or model (as loaded)."
-        ),
-    ] = "eager",
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing bundle at --out.")
-    ] = False,
 ) -> None:
     """Export a trained reward model to a gated ONNX bundle (fp32 + static int8) with a manifest."""
-    from training.reward.export import ExportConfig, export_bundle
+    config = EXPORT.build(given)
+
+    from training.reward.export import export_bundle
     from training.reward.export.gate import ExportError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = ExportConfig(
-        name=name,
-        version=version,
-        eval_pairs=eval_pairs,
-        calibration_pairs=calibration_pairs,
-        int8=not no_int8,
-        max_int8_drop=max_int8_drop,
-        threads=threads,
-        attention=attention,
-        overwrite=overwrite,
-    )
     try:
         result = export_bundle(run_dir, out, config)
     except ExportError as exc:

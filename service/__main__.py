@@ -9,8 +9,8 @@ import sys
 
 from pydantic import ValidationError
 
-from service.bundle import BundleError, load_bundle
-from service.server import serve
+from service.bundle import BundleError
+from service.server import preflight, serve
 from service.settings import ServiceSettings
 
 
@@ -20,12 +20,11 @@ def main() -> int:
     except ValidationError as exc:
         print(f"invalid RLHF_* configuration:\n{exc}", file=sys.stderr)
         return 2
-    if settings.bundle is not None:
-        try:
-            load_bundle(settings.bundle)  # fail fast: a crash-looping pod with a clear log beats a silent 503
-        except BundleError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    try:
+        preflight(settings)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     serve(settings)
     return 0
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.auth import require_admin_key, require_api_key
 from service.batcher import Scored
+from service.dependencies import StateDep
 from service.errors import NotReady, ValidationFailed
 from service.limits import check_count, check_fields
 from service.metrics import CONTENT_TYPE
@@ -53,18 +54,15 @@ class ClientGone(Exception):
     """The client disconnected while its request waited; nothing is sent back."""
 
 
-def _state(request: Request) -> ServiceState:
-    return cast(ServiceState, request.app.state.service)
-
-
 async def _wait_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
 
-async def score_pairs(request: Request, questions: Sequence[str], answers: Sequence[str]) -> Scored:
+async def score_pairs(
+    request: Request, state: ServiceState, questions: Sequence[str], answers: Sequence[str]
+) -> Scored:
     """Submit to the batcher; if the client disconnects first, cancel so the batcher skips the pairs."""
-    state = _state(request)
     check_count(len(questions), state.settings.max_pairs_per_request, "pairs")
     model = state.current_model()
     work = asyncio.ensure_future(state.batcher.submit(model, questions, answers))
@@ -92,7 +90,7 @@ def _ref(scored: Scored) -> ModelRef:
 @router.post(
     "/score", response_model=ScoreResponse, responses=ERRORS, dependencies=[Depends(require_api_key)]
 )
-async def score(body: ScoreRequest, request: Request, response: Response) -> ScoreResponse:
+async def score(body: ScoreRequest, request: Request, response: Response, state: StateDep) -> ScoreResponse:
     """Score (question, answer) pairs; same order as the input."""
     check_fields(
         (
@@ -100,9 +98,10 @@ async def score(body: ScoreRequest, request: Request, response: Response) -> Sco
             for i, p in enumerate(body.pairs)
             for k in ("question", "answer")
         ),
-        _state(request).settings.max_field_chars,
+        state.settings.max_field_chars,
     )
-    scored = await score_pairs(request, [p.question for p in body.pairs], [p.answer for p in body.pairs])
+    questions, answers = [p.question for p in body.pairs], [p.answer for p in body.pairs]
+    scored = await score_pairs(request, state, questions, answers)
     _model_headers(response, scored)
     return ScoreResponse(
         scores=scored.scores.tolist(),
@@ -124,7 +123,9 @@ def group_baselines(scores: np.ndarray) -> tuple[float, np.ndarray]:
 @router.post(
     "/score/groups", response_model=GroupsResponse, responses=ERRORS, dependencies=[Depends(require_api_key)]
 )
-async def score_groups(body: GroupsRequest, request: Request, response: Response) -> GroupsResponse:
+async def score_groups(
+    body: GroupsRequest, request: Request, response: Response, state: StateDep
+) -> GroupsResponse:
     """Several answers per question, plus within-group baselines and advantages for RL."""
     sizes = [len(g.answers) for g in body.groups]
     check_fields(
@@ -134,11 +135,11 @@ async def score_groups(body: GroupsRequest, request: Request, response: Response
             for i, g in enumerate(body.groups)
             for j, a in enumerate(g.answers)
         ],
-        _state(request).settings.max_field_chars,
+        state.settings.max_field_chars,
     )
     questions = [g.question for g in body.groups for _ in g.answers]
     answers = [a for g in body.groups for a in g.answers]
-    scored = await score_pairs(request, questions, answers)
+    scored = await score_pairs(request, state, questions, answers)
     _model_headers(response, scored)
     normalized = scored.model.normalize(scored.scores)
     results = []
@@ -170,7 +171,9 @@ def split_query(query: str, prompt: str) -> tuple[str, str]:
 @router.post(
     "/get_reward", response_model=GetRewardResponse, responses=ERRORS, dependencies=[Depends(require_api_key)]
 )
-async def get_reward(body: GetRewardRequest, request: Request, response: Response) -> GetRewardResponse:
+async def get_reward(
+    body: GetRewardRequest, request: Request, response: Response, state: StateDep
+) -> GetRewardResponse:
     """Drop-in for OpenRLHF's remote reward model API."""
     prompts = body.prompts if body.prompts is not None else [""] * len(body.query)
     if len(prompts) != len(body.query):
@@ -180,10 +183,10 @@ async def get_reward(body: GetRewardRequest, request: Request, response: Respons
     check_fields(
         [(f"query[{i}]", q) for i, q in enumerate(body.query)]
         + [(f"prompts[{i}]", p) for i, p in enumerate(prompts)],
-        _state(request).settings.max_field_chars,
+        state.settings.max_field_chars,
     )
     split = [split_query(q, p) for q, p in zip(body.query, prompts, strict=True)]
-    scored = await score_pairs(request, [q for q, _ in split], [a for _, a in split])
+    scored = await score_pairs(request, state, [q for q, _ in split], [a for _, a in split])
     _model_headers(response, scored)
     raw = scored.scores.tolist()
     return GetRewardResponse(
@@ -202,25 +205,24 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
-async def readyz(request: Request) -> dict[str, object]:
+async def readyz(state: StateDep) -> dict[str, object]:
     """Readiness: a bundle is loaded and its canary forward pass succeeded; 503 while draining."""
-    state = _state(request)
     model = state.current_model()
     return {"status": "ready", "model": {"name": model.name, "version": model.version}}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)  # documents text/plain in the schema
-async def metrics(request: Request) -> Response:
+async def metrics(state: StateDep) -> Response:
     """Prometheus text format."""
-    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/v1/models", responses=ERRORS, dependencies=[Depends(require_api_key)])
-async def models(request: Request) -> dict[str, object]:
+async def models(state: StateDep) -> dict[str, object]:
     """The loaded bundle's manifest summary (OpenAI-style list with one entry)."""
-    model = _state(request).model
+    model = state.model
     if model is None:
-        raise NotReady(f"no model is loaded yet: {_state(request).load_error or 'loading'}")
+        raise NotReady(f"no model is loaded yet: {state.load_error or 'loading'}")
     return {"object": "list", "data": [model.summary()]}
 
 
@@ -230,10 +232,10 @@ async def models(request: Request) -> dict[str, object]:
     responses=ERRORS,
     dependencies=[Depends(require_admin_key)],
 )
-async def reload(body: ReloadRequest, request: Request) -> JSONResponse:
+async def reload(body: ReloadRequest, state: StateDep) -> JSONResponse:
     """Load another bundle (under RLHF_BUNDLE_ROOT); on any failure the old model keeps serving."""
     precision = cast(PrecisionChoice | None, body.precision)
-    new, previous = await _state(request).reload(body.bundle, precision)
+    new, previous = await state.reload(body.bundle, precision)
     content = ReloadResponse(model=new.summary(), previous=previous.summary() if previous else None)
     headers = {"X-Model-Name": new.name, "X-Model-Version": new.version}
     return JSONResponse(content.model_dump(mode="json"), headers=headers)

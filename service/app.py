@@ -6,7 +6,8 @@
 
 Lifespan: start the batcher task, then load the bundle in the background (verify + canary) so
 /healthz answers at once and /readyz turns 200 when the model can serve; on shutdown, drain and
-stop the batcher. Errors become JSON `{"error": {"type", "message"}}` here and nowhere else.
+stop the batcher. Every error the app meets (ours, FastAPI's validation, Starlette's 404/405) is
+handled here and answered by `service.errors.error_response`, the one builder of error bodies.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.api import CLIENT_CLOSED, ClientGone, router
-from service.errors import ServiceError, ValidationFailed, error_body, error_headers, status_of
+from service.errors import RoutingFailed, ServiceError, ValidationFailed, error_response
 from service.limits import BodyLimitMiddleware
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMetricsMiddleware
@@ -39,7 +40,8 @@ def create_app(
     """Build one independent app (own metrics registry, own batcher). `backend_factory` lets tests wrap
     the onnxruntime backend (e.g. to make it slow); production uses the default."""
     settings = settings or ServiceSettings()
-    state = ServiceState(settings, ServiceMetrics(), backend_factory)
+    metrics = ServiceMetrics(settings.watch_window, settings.watch_min_items)
+    state = ServiceState(settings, metrics, backend_factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,46 +61,55 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
-    app.state.service = state
+    app.state.service = state  # read by `service.dependencies`, the routes' one way to the state
     app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: sees every response
-    app.add_exception_handler(ServiceError, _on_service_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(ClientGone, _on_client_gone)
-    app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=state.metrics)
+    # app.routes has the docs routes but wraps the included router (FastAPI >= 0.16x): list both
+    known_paths = frozenset(p for r in (*app.routes, *router.routes) if (p := getattr(r, "path", None)))
+    # added last = outermost: sees every response
+    app.add_middleware(RequestMetricsMiddleware, state=state, known_paths=known_paths)
+    _install_error_handlers(app, state.metrics)
     return app
 
 
-def error_response(request: Request, error: ServiceError) -> JSONResponse:
-    """The one place a ServiceError becomes an HTTP response."""
-    if error.reason is not None:
-        request.app.state.service.metrics.rejected.labels(reason=error.reason).inc()
-    return JSONResponse(error_body(error.kind, error.message), status_of(error), headers=error_headers(error))
+def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Answer every error with `error_response`, counting refusals in rlhf_rejected_total{reason}."""
+
+    def respond(error: ServiceError) -> JSONResponse:
+        if error.reason is not None:
+            metrics.rejected.labels(reason=error.reason).inc()
+        return error_response(error)
+
+    async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return respond(exc)
+
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return respond(_validation_failed(exc))
+
+    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return respond(_from_starlette(request, exc))
+
+    app.add_exception_handler(ServiceError, on_service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientGone, _on_client_gone)
+    app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
 
 
-async def _on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
-    return error_response(request, exc)
-
-
-async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+def _validation_failed(exc: RequestValidationError) -> ValidationFailed:
+    """FastAPI's schema errors as one 422 message (the first five problems)."""
     problems = [
         f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
         for e in exc.errors()[:5]
     ]
     more = f" (and {len(exc.errors()) - 5} more)" if len(exc.errors()) > 5 else ""
-    return error_response(request, ValidationFailed("invalid request: " + "; ".join(problems) + more))
+    return ValidationFailed("invalid request: " + "; ".join(problems) + more)
 
 
-async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    """Starlette/FastAPI's own errors (404, 405, and 400 for a body that is not UTF-8 JSON) in our format."""
+def _from_starlette(request: Request, exc: HTTPException) -> ServiceError:
+    """Starlette/FastAPI's own errors (404, 405, and 400 for a body that is not UTF-8 JSON) in our tree."""
     if exc.status_code == 400:  # FastAPI could not parse the body at all: malformed input, like bad JSON
-        return error_response(
-            request, ValidationFailed(f"invalid request body: {exc.detail} (send UTF-8 JSON)")
-        )
-    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    message = f"{exc.detail}: {request.method} {request.url.path}"
-    return JSONResponse(error_body(kind, message), exc.status_code, headers=exc.headers)
+        return ValidationFailed(f"invalid request body: {exc.detail} (send UTF-8 JSON)")
+    return RoutingFailed(f"{exc.detail}: {request.method} {request.url.path}", exc.status_code, exc.headers)
 
 
 async def _on_client_gone(request: Request, exc: Exception) -> Response:

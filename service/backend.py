@@ -1,10 +1,13 @@
-"""The inference engine behind a small protocol: `health()` and `score(batch) -> float64 [b]`.
+"""The inference engine behind a small protocol: `health()` and `run(batch) -> {output: float64 [b]}`.
 
 The batcher only sees :class:`Backend`, so tests can wrap the real engine (e.g. to make it slow) and
 another engine could replace onnxruntime without touching batching. :class:`OnnxBackend` is the real
 one: an onnxruntime CPU session with configurable intra-op threads. `session.run` releases the GIL,
 which is why the batcher can run it in a worker thread while the event loop keeps accepting requests.
-A non-finite output is an :class:`InferenceFailed`, never a served score.
+
+One run yields every output the graph has (`score`, and `uncertainty` / `length_score` when the graph
+was exported with an ensemble or a length head: service/bundle.py names them), so a spread costs no
+second forward pass. A non-finite value in any output is an :class:`InferenceFailed`, never served.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from service.errors import InferenceFailed
-from service.onnx_scoring import SCORE_OUTPUT, make_session, run_scores
+from service.onnx_scoring import SCORE_OUTPUT, make_session, run_outputs
 
 OUTPUT_NAME = SCORE_OUTPUT
 # onnxruntime's own exception classes (pybind11, they derive from Exception only)
@@ -39,12 +42,14 @@ class BackendLoadError(Exception):
 
 class Backend(Protocol):
     input_names: list[str]
+    output_names: list[str]  # `score` first, then the graph's other outputs in graph order
 
     def health(self) -> None:
         """Raise if the engine cannot serve (cheap; the canary is the real check)."""
 
-    def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """Padded int64 inputs [b, seq] -> float64 scores [b], all finite, or raise InferenceFailed."""
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Padded int64 inputs [b, seq] -> {output name: float64 [b]} for every name in `output_names`,
+        all finite, or raise InferenceFailed."""
 
 
 class OnnxBackend:
@@ -66,25 +71,31 @@ class OnnxBackend:
         if OUTPUT_NAME not in outputs:
             raise BackendLoadError(f"{model_path} has outputs {outputs}; expected one named {OUTPUT_NAME!r}")
         self.input_names = list(input_names)
+        self.output_names = [OUTPUT_NAME, *(name for name in outputs if name != OUTPUT_NAME)]
         self.model_path = model_path
 
     def health(self) -> None:
-        if self.session is None:
-            raise InferenceFailed("onnxruntime session is closed")
+        """Nothing to check: the session opened in __init__ stays open for the backend's life, and the
+        canary (`service.model.run_canary`) scores real pairs right after."""
 
-    def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = batch["input_ids"].shape[0]
         try:
-            scores = run_scores(self.session, self.input_names, batch)  # float64 [b]
+            outputs = run_outputs(self.session, self.input_names, batch, self.output_names)
         except ORT_ERRORS as exc:
             raise InferenceFailed(f"onnxruntime failed on a batch of {rows}: {exc}") from exc
-        except ValueError as exc:  # reshape: the graph returned other than one score per row
+        except ValueError as exc:  # reshape: an output holds other than one value per row
             raise InferenceFailed(
-                f"graph output does not have one score per row (batch of {rows}): {exc}"
+                f"a graph output does not have one value per row (batch of {rows}): {exc}"
             ) from exc
-        if not np.isfinite(scores).all():
-            bad = int((~np.isfinite(scores)).sum())
-            raise InferenceFailed(
-                f"model produced {bad} non-finite score(s) in a batch of {rows}; not served"
-            )
-        return scores
+        for name, values in outputs.items():
+            if not np.isfinite(values).all():
+                bad = int((~np.isfinite(values)).sum())
+                raise InferenceFailed(
+                    f"model produced {bad} non-finite {name} value(s) in a batch of {rows}; not served"
+                )
+        return outputs
+
+    def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """The `score` output alone, float64 [b] (the benchmarks time a plain forward pass with it)."""
+        return self.run(batch)[OUTPUT_NAME]

@@ -7,10 +7,13 @@ in a worker thread, and queued. The task then loops:
     wait for a first item → gather for at most `batch_wait` or until `max_batch_tokens` real tokens wait
     → drop items whose client went away → group by model (a reload never re-scores in-flight requests
     with the new model) → sort by length → cut sub-batches (≤ `max_batch_pairs`, ≤ `subbatch_tokens`
-    padded) → pad + onnxruntime in a dedicated thread → scatter scores back to each request's own
-    future, in its input order.
+    padded) → pad + onnxruntime in a dedicated thread (every graph output in one run; the model turns
+    them into served values) → scatter scores and uncertainties back to each request, in its input
+    order.
 
-Sorting is worth about 3x on the hh-rlhf length mix because padding is computed, not skipped.
+Sorting matters because padding is computed, not skipped: on a mix of lengths like hh-rlhf's, an
+arrival-order batch spends much of its work on padding (the gain is measured by `rlhf bench quant`,
+README "Measurements", "Export and int8").
 A pair's score does not depend on its batch-mates: padding is masked, and the int8 graph uses static
 (calibrated) scales, so the only difference is float summation order (< 1e-4, the canary checks it).
 """
@@ -30,18 +33,20 @@ import numpy as np
 from service.encoding import EncodedPair, pad_batch
 from service.errors import Draining, InferenceFailed, Overloaded
 from service.metrics import ServiceMetrics
-from service.model import LoadedModel
+from service.model import LoadedModel, Served
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Scored:
-    """What a request gets back: scores in its input order, and the model that produced them."""
+    """What a request gets back, in its input order, and the model that produced it."""
 
-    scores: np.ndarray  # float64 [n]
+    scores: np.ndarray  # float64 [n], length-corrected when the model applies a correction
     truncated: np.ndarray  # bool [n]
     model: LoadedModel
+    uncertainty: np.ndarray | None = None  # float64 [n], raw score units; None: the graph has no ensemble
+    tokens: int = 0  # real (unpadded) tokens the model read for these items
 
 
 @dataclass(eq=False)
@@ -49,14 +54,17 @@ class _Pending:
     model: LoadedModel
     encoded: list[EncodedPair]
     admitted: float
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[None]  # done when every item has its values
     scores: np.ndarray = field(init=False)
+    uncertainty: np.ndarray | None = field(init=False)
     remaining: int = field(init=False)
     tokens: int = field(init=False)  # real (unpadded) tokens: what the gathering budget counts
 
     def __post_init__(self) -> None:
-        self.scores = np.full(len(self.encoded), np.nan, dtype=np.float64)
-        self.remaining = len(self.encoded)
+        n = len(self.encoded)
+        self.scores = np.full(n, np.nan, dtype=np.float64)
+        self.uncertainty = np.full(n, np.nan, dtype=np.float64) if self.model.has_uncertainty else None
+        self.remaining = n
         self.tokens = sum(len(e) for e in self.encoded)
 
 
@@ -66,7 +74,7 @@ def plan_subbatches(
     """Cut ascending `lengths` into [start, end) runs: ≤ max_pairs rows, ≤ max_padded_tokens padded tokens
     (rows × longest row), and padding ≤ max_padding_ratio of the padded tokens. A row that fits no run
     with others runs alone. Why cut on padding: on CPU a forward costs about the same per token at any
-    batch size, so padding is pure waste while a smaller run costs only ~1 ms of overhead."""
+    batch size, so padding is pure waste while a smaller run costs only its fixed per-call overhead."""
     runs: list[tuple[int, int]] = []
     start = 0
     real = 0  # real tokens of the current run
@@ -119,7 +127,8 @@ class Batcher:
         if self._closed:
             raise Draining("the service is shutting down; retry on another replica")
         if n == 0:
-            return Scored(np.zeros(0), np.zeros(0, dtype=bool), model)
+            empty = np.zeros(0) if model.has_uncertainty else None
+            return Scored(np.zeros(0), np.zeros(0, dtype=bool), model, empty)
         if self._admitted_pairs + n > self.max_queue_pairs:
             raise Overloaded(
                 f"queue full: {self._admitted_pairs} pairs waiting, limit {self.max_queue_pairs}; "
@@ -134,15 +143,18 @@ class Batcher:
             encoded = await asyncio.to_thread(model.encoder.encode, list(questions), list(answers))
             pending = _Pending(model, encoded, admitted, asyncio.get_running_loop().create_future())
             self._enqueue(pending)
-            scores = await pending.future
+            await pending.future
         finally:
             if pending is not None and not pending.future.done():
                 pending.future.cancel()  # client went away: the batcher skips it
             self._admitted_pairs -= n
             self.metrics.queue_depth.set(self._admitted_pairs)
+        assert pending is not None, "the await above returned, so the request was queued"
+        scores, uncertainty = pending.scores, pending.uncertainty
         truncated = np.array([e.truncated for e in encoded], dtype=bool)
         self._record(scores, truncated)
-        return Scored(scores, truncated, model)
+        self.metrics.observe_served(model, answers, scores, truncated, uncertainty=uncertainty)  # the watch
+        return Scored(scores, truncated, model, uncertainty, pending.tokens)
 
     def _enqueue(self, pending: _Pending) -> None:
         if self._closed:
@@ -241,28 +253,31 @@ class Batcher:
                     continue
                 pairs = [p.encoded[i] for _, p, i in live]
                 try:
-                    scores = await loop.run_in_executor(self._engine, self._infer, model, pairs)
+                    served = await loop.run_in_executor(self._engine, self._infer, model, pairs)
                 except InferenceFailed as exc:
                     log.error("inference failed: %s", exc.message)
                     for _, pending, _ in live:
                         if not pending.future.done():
                             pending.future.set_exception(exc)
                     continue
-                for (_, pending, i), score in zip(live, scores, strict=True):
-                    pending.scores[i] = score
+                for row, (_, pending, i) in enumerate(live):
+                    pending.scores[i] = served.scores[row]
+                    if pending.uncertainty is not None and served.uncertainty is not None:
+                        pending.uncertainty[i] = served.uncertainty[row]
                     pending.remaining -= 1
                     if pending.remaining == 0 and not pending.future.done():
-                        pending.future.set_result(pending.scores)
+                        pending.future.set_result(None)
 
-    def _infer(self, model: LoadedModel, pairs: list[EncodedPair]) -> np.ndarray:
-        """Runs in the engine thread: pad, run onnxruntime, record the batch facts."""
+    def _infer(self, model: LoadedModel, pairs: list[EncodedPair]) -> Served:
+        """Runs in the engine thread: pad, run onnxruntime (every output in one run), record the batch
+        facts, turn the outputs into served values (the length correction, when the model has one)."""
         batch = pad_batch(pairs, model.encoder.pad_token_id)
         padded = batch["input_ids"].size
         real = int(batch["attention_mask"].sum())
         started = time.perf_counter()
-        scores = model.backend.score(batch)
+        outputs = model.backend.run(batch)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_pairs.observe(len(pairs))
         self.metrics.batch_tokens.observe(padded)
         self.metrics.padding_ratio.observe((padded - real) / padded)
-        return scores
+        return model.served(outputs, np.array([pair.answer_tokens for pair in pairs], dtype=np.int64))

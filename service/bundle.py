@@ -2,7 +2,8 @@
 
 A bundle is a directory (see DESIGN.md)::
 
-    manifest.json     what the model is, how to encode for it, how it was verified, file hashes
+    manifest.json     what the model is, how to encode for it, how it was verified, file hashes;
+                      optionally its heads (ensemble, length head) and a length correction
     model.onnx        fp32 graph, dynamic batch and sequence axes
     model.int8.onnx   statically quantised graph; present only when it passed the export gate
     tokenizer.json    the fast tokenizer
@@ -39,6 +40,11 @@ TOKENIZER_NAME = "tokenizer.json"
 MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 Precision = Literal["fp32", "int8"]
+# The graph outputs, each [batch] (or [batch, 1]): `score` always, the others only in graphs whose
+# manifest `heads` promise them (DESIGN.md, "Scores carry their own warning signs").
+SCORE_OUTPUT: Final = "score"  # the served quality score (the mean of the quality heads)
+UNCERTAINTY_OUTPUT: Final = "uncertainty"  # std across the quality heads, in raw score units
+LENGTH_OUTPUT: Final = "length_score"  # the ODIN length head: a diagnostic, never the reward
 
 
 class BundleError(Exception):
@@ -86,6 +92,37 @@ class Int8Info(BaseModel):
     method: str | None = None
 
 
+class HeadsInfo(BaseModel):
+    """The heads behind the graph's outputs (optional; a bundle without it has one quality head).
+
+    ``quality`` > 1: an ensemble of quality heads, the graph outputs their mean as ``score`` and their
+    std as ``uncertainty``; ``length``: an ODIN length head, output as ``length_score`` (a diagnostic).
+    The service checks the graph has exactly the outputs this promises."""
+
+    model_config = ConfigDict(extra="forbid")
+    quality: int = Field(ge=1)
+    length: bool = False
+
+
+class LengthCorrectionInfo(BaseModel):
+    """Post-hoc length correction (Huang et al. 2025), applied by the service before normalisation:
+
+        corrected = score - slope * (answer_tokens - mean_length)
+
+    ``answer_tokens`` is `service.encoding.EncodedPair.answer_tokens`; centring at the fit items' mean
+    length keeps the corrected scores on the manifest's score mean. ``intercept`` and ``pearson``
+    describe the fit (score ~ intercept + slope * tokens on ``fitted_on`` items) and are not applied."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["linear"]
+    slope: float = Field(allow_inf_nan=False)
+    intercept: float = Field(allow_inf_nan=False)
+    unit: Literal["answer_tokens"]
+    mean_length: float = Field(ge=0, allow_inf_nan=False)
+    fitted_on: int = Field(ge=2)
+    pearson: float | None = Field(default=None, ge=-1, le=1)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -105,6 +142,18 @@ class Manifest(BaseModel):
     files: dict[str, str]
     training_config: dict[str, object] = Field(default_factory=dict)
     export_config: dict[str, object] = Field(default_factory=dict)
+    heads: HeadsInfo | None = None  # None: one quality head, no length head (every older bundle)
+    length_correction: LengthCorrectionInfo | None = None  # None: scores are served as the graph gives them
+
+    @property
+    def output_names(self) -> list[str]:
+        """The graph outputs the manifest promises: score, then uncertainty and length_score per `heads`."""
+        heads = self.heads or HeadsInfo(quality=1)
+        return (
+            [SCORE_OUTPUT]
+            + ([UNCERTAINTY_OUTPUT] if heads.quality > 1 else [])
+            + ([LENGTH_OUTPUT] if heads.length else [])
+        )
 
     @property
     def precisions(self) -> list[Precision]:

@@ -48,11 +48,18 @@ class TruncationPolicy:
 
 @dataclass(frozen=True)
 class EncodedPair:
-    """One pair as model input ids, before padding."""
+    """One pair as model input ids, before padding.
+
+    ``answer_tokens`` is the answer's length as the model sees it: its content tokens after truncation,
+    without the special tokens the pair template adds. It is the unit of a bundle's length correction
+    (manifest ``length_correction.unit == "answer_tokens"``), counted here once for every tokenizer,
+    whether or not its template marks an answer segment in ``token_type_ids``.
+    """
 
     input_ids: list[int]
     token_type_ids: list[int]
     truncated: bool
+    answer_tokens: int
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -109,7 +116,7 @@ class PairEncoder:
         if a_keep < len(answer.ids):
             answer.truncate(a_keep, direction="right")
         joined = self.tokenizer.post_process(question, answer, add_special_tokens=True)
-        return EncodedPair(list(joined.ids), list(joined.type_ids), truncated)
+        return EncodedPair(list(joined.ids), list(joined.type_ids), truncated, a_keep)
 
 
 def pad_batch(pairs: Sequence[EncodedPair], pad_token_id: int) -> dict[str, np.ndarray]:

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, ValidationFailed, error_body, error_headers, status_of
+from service.errors import PayloadTooLarge, ValidationFailed, error_response
+from service.metrics import ServiceMetrics
 
 
 class BodyLimitMiddleware:
-    """Read the whole request body up to `max_bytes`, answer 413 beyond it, else replay it to the app."""
+    """Read the whole request body up to `max_bytes`, answer 413 beyond it, else replay it to the app.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    It answers before routing, so it counts its own refusals in `metrics` (rlhf_rejected_total).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: ServiceMetrics) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -60,11 +64,8 @@ class BodyLimitMiddleware:
             f"request too large: {what}, limit {self.max_bytes} bytes (RLHF_MAX_BODY_BYTES); "
             "send fewer pairs per request"
         )
-        app = scope.get("app")
-        if app is not None and hasattr(app.state, "service"):
-            app.state.service.metrics.rejected.labels(reason=error.reason).inc()
-        headers = {**error_headers(error), "Connection": "close"}
-        response = JSONResponse(error_body(error.kind, error.message), status_of(error), headers=headers)
+        self.metrics.rejected.labels(reason=error.reason).inc()
+        response = error_response(error, {"Connection": "close"})
         await response(scope, receive, send)
 
 

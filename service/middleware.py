@@ -6,20 +6,29 @@ X-Model-Name / X-Model-Version headers on every response while a model is loaded
 from __future__ import annotations
 
 import time
+from collections.abc import Set
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.state import ServiceState
+
 
 class RequestMetricsMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """`state`: the app's model, in-flight count and metrics; `known_paths`: the routes' paths, the
+    only values a request refused before routing (e.g. 413 on bytes) may use as its route label, so
+    random URLs cannot blow up the metric's cardinality."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState, known_paths: Set[str]) -> None:
         self.app = app
+        self.state = state
+        self.known_paths = known_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state.service
+        state = self.state
         status = 500  # if the app raises before responding, ServerErrorMiddleware answers 500
         started = time.perf_counter()
 
@@ -40,18 +49,11 @@ class RequestMetricsMiddleware:
         finally:
             state.inflight -= 1
             route = scope.get("route")
-            label = getattr(route, "path", None) or _known_path(scope)
+            label = getattr(route, "path", None) or self._known_path(scope)
             state.metrics.requests.labels(route=label, status=str(status)).inc()
             state.metrics.request_duration.labels(route=label).observe(time.perf_counter() - started)
 
-
-def _known_path(scope: Scope) -> str:
-    """Label for a request refused before routing (e.g. 413 on bytes): its path if it is a route.
-
-    Only known paths become labels, so random URLs cannot blow up the metric's cardinality.
-    """
-    from service.api import router  # the service's own routes; app.routes wraps them in FastAPI >= 0.16x
-
-    path = scope.get("path", "")
-    known = {getattr(r, "path", None) for r in (*scope["app"].routes, *router.routes)}
-    return path if path in known else "unmatched"
+    def _known_path(self, scope: Scope) -> str:
+        """Label for a request refused before routing: its path if it is a route, else "unmatched"."""
+        path = scope.get("path", "")
+        return path if path in self.known_paths else "unmatched"

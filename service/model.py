@@ -1,10 +1,17 @@
 """A loaded, verified, canary-checked model: the unit the service swaps atomically on reload.
 
 `load_model` does everything that can fail *before* a model may serve: verify the bundle (format
-version and every sha256, in `service.bundle`), open the onnxruntime session, and run the canary:
-a short, an empty and a long pair scored alone and together must give finite scores that agree within
-1e-4 (a score must not depend on its batch-mates). A request captures the `LoadedModel` it was
-admitted under, so a reload never changes the model of a request already in flight.
+version and every sha256, in `service.bundle`), open the onnxruntime session, check that the graph has
+exactly the outputs the manifest's `heads` promise, and run the canary: a short, an empty and a long
+pair scored alone and together must give finite values in every output that agree within 1e-4 (no
+output may depend on its batch-mates). A request captures the `LoadedModel` it was admitted under, so
+a reload never changes the model of a request already in flight.
+
+From graph outputs to served values (:meth:`LoadedModel.served`): the score gets the bundle's length
+correction when the manifest has one and the setting leaves it on (before normalisation, so
+`normalized` and the calibrated [0, 1] reward describe the corrected score); the uncertainty is served
+as the graph gives it (the correction shifts every quality head by the same amount, so their spread
+is unchanged).
 """
 
 from __future__ import annotations
@@ -17,7 +24,15 @@ from typing import Literal
 import numpy as np
 
 from service.backend import Backend, BackendLoadError, OnnxBackend
-from service.bundle import Bundle, BundleError, Precision, load_bundle
+from service.bundle import (
+    SCORE_OUTPUT,
+    UNCERTAINTY_OUTPUT,
+    Bundle,
+    BundleError,
+    LengthCorrectionInfo,
+    Precision,
+    load_bundle,
+)
 from service.encoding import PairEncoder, pad_batch
 from service.errors import InferenceFailed
 
@@ -34,12 +49,21 @@ class ModelLoadError(Exception):
     """The bundle or graph was refused; the message says why (wraps BundleError / backend errors)."""
 
 
+@dataclass(frozen=True)
+class Served:
+    """What one engine run gives the requests: float64 [b] each, in batch order."""
+
+    scores: np.ndarray  # length-corrected when the model applies a correction
+    uncertainty: np.ndarray | None  # raw score units; None when the graph has no ensemble
+
+
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
     bundle: Bundle
     precision: Precision
     backend: Backend
     encoder: PairEncoder
+    apply_length_correction: bool = True  # the setting; only matters when the manifest has one
 
     @property
     def name(self) -> str:
@@ -49,13 +73,41 @@ class LoadedModel:
     def version(self) -> str:
         return self.bundle.manifest.version
 
+    @property
+    def length_correction(self) -> LengthCorrectionInfo | None:
+        """The correction applied to served scores: the manifest's, unless switched off."""
+        return self.bundle.manifest.length_correction if self.apply_length_correction else None
+
+    @property
+    def has_uncertainty(self) -> bool:
+        return UNCERTAINTY_OUTPUT in self.backend.output_names
+
+    def served(self, outputs: dict[str, np.ndarray], answer_tokens: np.ndarray) -> Served:
+        """Graph outputs of one run and each row's `EncodedPair.answer_tokens` → the served values."""
+        scores = outputs[SCORE_OUTPUT]
+        correction = self.length_correction
+        if correction is not None:
+            scores = scores - correction.slope * (answer_tokens.astype(np.float64) - correction.mean_length)
+        return Served(scores, outputs.get(UNCERTAINTY_OUTPUT))
+
     def normalize(self, scores: np.ndarray) -> np.ndarray:
         """(score - train mean) / train std, with the statistics stored in the manifest."""
         stats = self.bundle.manifest.score
         return (scores - stats.mean) / stats.std
 
+    def normalize_uncertainty(self, uncertainty: np.ndarray) -> np.ndarray:
+        """A spread in raw score units → in units of the train-set score std (comparable across models)."""
+        return uncertainty / self.bundle.manifest.score.std
+
+    def calibrated(self, scores: np.ndarray) -> np.ndarray:
+        """The reward in [0, 1]: sigmoid of the normalised score. 0.5 is a score at the train-set mean;
+        one train std above it is 0.73. Monotone in the score, so it ranks answers exactly as the score
+        does (tanh form: no overflow for any finite score)."""
+        return 0.5 * (1.0 + np.tanh(self.normalize(scores) / 2.0))
+
     def summary(self) -> dict[str, object]:
         m = self.bundle.manifest
+        correction = m.length_correction
         return {
             "id": m.name,
             "object": "model",
@@ -71,6 +123,11 @@ class LoadedModel:
             "score": m.score.model_dump(),
             "eval": m.eval.model_dump(),
             "int8": m.int8.model_dump(),
+            "outputs": list(self.backend.output_names),
+            "heads": m.heads.model_dump() if m.heads else None,
+            "length_correction": (
+                {**correction.model_dump(), "applied": self.apply_length_correction} if correction else None
+            ),
         }
 
 
@@ -87,6 +144,7 @@ def load_model(
     precision: Literal["auto", "fp32", "int8"],
     threads: int,
     backend_factory: BackendFactory = onnx_backend,
+    apply_length_correction: bool = True,
 ) -> LoadedModel:
     """Verify, open and canary-check a bundle (blocking: call it off the event loop)."""
     try:
@@ -97,27 +155,43 @@ def load_model(
         backend = backend_factory(graph, bundle.manifest.input_names, threads)
     except (BundleError, BackendLoadError, OSError, ValueError) as exc:
         raise ModelLoadError(str(exc)) from exc
-    model = LoadedModel(bundle, chosen, backend, encoder)
+    check_outputs(bundle, backend.output_names, graph)
+    model = LoadedModel(bundle, chosen, backend, encoder, apply_length_correction)
     run_canary(model)
     return model
 
 
+def check_outputs(bundle: Bundle, outputs: Sequence[str], graph: Path) -> None:
+    """A manifest with `heads` must get exactly the outputs they promise; without `heads`, the graph's
+    outputs are served as they are (an older bundle has `score` alone)."""
+    if bundle.manifest.heads is None:
+        return
+    promised = bundle.manifest.output_names
+    if sorted(outputs) != sorted(promised):
+        raise ModelLoadError(
+            f"{graph} has outputs {list(outputs)} but the manifest's heads "
+            f"{bundle.manifest.heads.model_dump()} promise {promised}"
+        )
+
+
 def run_canary(model: LoadedModel) -> None:
-    """Score the canary pairs alone and together; raise ModelLoadError if anything is off."""
+    """Score the canary pairs alone and together; raise ModelLoadError if any output is off."""
     questions = [q for q, _ in CANARY_PAIRS]
     answers = [a for _, a in CANARY_PAIRS]
     encoded = model.encoder.encode(questions, answers)
+    pad = model.encoder.pad_token_id
     try:
         model.backend.health()
-        together = model.backend.score(pad_batch(encoded, model.encoder.pad_token_id))
-        alone = np.array(
-            [model.backend.score(pad_batch([e], model.encoder.pad_token_id))[0] for e in encoded]
-        )
+        together = model.backend.run(pad_batch(encoded, pad))
+        alone = [model.backend.run(pad_batch([e], pad)) for e in encoded]
     except InferenceFailed as exc:
         raise ModelLoadError(f"canary forward pass failed: {exc.message}") from exc
-    gap = float(np.max(np.abs(together - alone)))
-    if gap > BATCH_TOLERANCE:
-        raise ModelLoadError(
-            f"canary: a pair scores differently alone and in a batch (max gap {gap:.2e} > "
-            f"{BATCH_TOLERANCE:.0e}); the graph is not batch-independent, rewards would not be reproducible"
-        )
+    for name in model.backend.output_names:
+        single = np.array([run[name][0] for run in alone])
+        gap = float(np.max(np.abs(together[name] - single)))
+        if not gap <= BATCH_TOLERANCE:  # also catches NaN
+            raise ModelLoadError(
+                f"canary: a pair's {name} differs alone and in a batch (max gap {gap:.2e} > "
+                f"{BATCH_TOLERANCE:.0e}); the graph is not batch-independent, rewards would not be "
+                "reproducible"
+            )

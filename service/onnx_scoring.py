@@ -2,8 +2,8 @@
 
 Why here: the scores a bundle is gated on at export time and the scores it serves must come from the
 same session settings and the same batching, so that code lives once, torch-free, beside the bundle
-and encoding contracts. Batches are length-sorted because padding is wasted work: on the hh-rlhf
-length mix, sorting alone is worth about 3x in onnxruntime (`rlhf bench quant` measures it).
+and encoding contracts. Batches are length-sorted because padding is wasted work, and hh-rlhf
+lengths vary widely (`rlhf bench quant` measures the gain: README "Measurements", "Export and int8").
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+# the output names belong to the bundle contract; re-exported for the graph's readers
+from service.bundle import LENGTH_OUTPUT as LENGTH_OUTPUT
+from service.bundle import SCORE_OUTPUT as SCORE_OUTPUT
+from service.bundle import UNCERTAINTY_OUTPUT as UNCERTAINTY_OUTPUT
 from service.encoding import EncodedPair, pad_batch
-
-SCORE_OUTPUT = "score"
 
 
 def make_session(path: str | Path, threads: int = 2, *, spin: bool = True) -> ort.InferenceSession:
@@ -37,10 +39,25 @@ def run_scores(
     session: ort.InferenceSession, input_names: Sequence[str], batch: dict[str, np.ndarray]
 ) -> np.ndarray:
     """One forward pass: the padded ``batch`` (from `pad_batch`) → scores [b] float64, in batch order."""
+    return run_outputs(session, input_names, batch, [SCORE_OUTPUT])[SCORE_OUTPUT]
+
+
+def run_outputs(
+    session: ort.InferenceSession,
+    input_names: Sequence[str],
+    batch: dict[str, np.ndarray],
+    output_names: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """One forward pass yielding every output in ``output_names``: {name: float64 [b]}, batch order.
+
+    Raises ValueError when an output does not hold one value per row (e.g. [b, k] logits)."""
     feeds = {name: batch[name] for name in input_names}
-    (scores,) = session.run([SCORE_OUTPUT], feeds)  # [b] or [b, 1]
+    values = session.run(list(output_names), feeds)  # each [b] or [b, 1]
     rows = batch[input_names[0]].shape[0]
-    return np.asarray(scores, dtype=np.float64).reshape(rows)
+    return {
+        name: np.asarray(value, dtype=np.float64).reshape(rows)
+        for name, value in zip(output_names, values, strict=True)
+    }
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

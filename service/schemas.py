@@ -29,10 +29,17 @@ class ModelRef(BaseModel):
     version: str
 
 
+UNCERTAINTY = "per item: std across the bundle's ensemble of quality heads, in raw score units; null when the bundle has no ensemble"
+UNCERTAINTY_NORMALIZED = "uncertainty / train std (the units of `normalized`); null when the bundle has no ensemble"
+SCORES = "reward-model scores (length-corrected when the bundle has a correction: see /v1/models)"
+
+
 class ScoreResponse(BaseModel):
-    scores: list[float] = Field(description="raw reward-model scores, same order as the input")
+    scores: list[float] = Field(description=SCORES + ", same order as the input")
     normalized: list[float] = Field(description="(score - train mean) / train std, from the manifest")
     truncated: list[bool] = Field(description="whether the truncation policy cut the pair")
+    uncertainty: list[float] | None = Field(description=UNCERTAINTY)
+    uncertainty_normalized: list[float] | None = Field(description=UNCERTAINTY_NORMALIZED)
     model: ModelRef
 
 
@@ -48,9 +55,11 @@ class GroupsRequest(BaseModel):
 
 
 class GroupResult(BaseModel):
-    scores: list[float]
+    scores: list[float] = Field(description=SCORES)
     normalized: list[float]
     truncated: list[bool]
+    uncertainty: list[float] | None = Field(description=UNCERTAINTY)
+    uncertainty_normalized: list[float] | None = Field(description=UNCERTAINTY_NORMALIZED)
     mean: float = Field(description="group mean of the raw scores (a baseline for RL)")
     leave_one_out_baselines: list[float] = Field(
         description="mean of the *other* answers' scores; for a group of one, the score itself"
@@ -60,24 +69,6 @@ class GroupResult(BaseModel):
 
 class GroupsResponse(BaseModel):
     groups: list[GroupResult]
-    model: ModelRef
-
-
-class GetRewardRequest(BaseModel):
-    """OpenRLHF remote reward model request; extra fields (e.g. `labels`) are accepted and ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    query: list[str] = Field(description="prompt + response, as OpenRLHF sends it")
-    prompts: list[str] | None = Field(
-        None, description="the prompt of each query; the answer is query[len(prompt):] when it is a prefix"
-    )
-
-
-class GetRewardResponse(BaseModel):
-    rewards: list[float] = Field(description="raw scores (what OpenRLHF uses as the reward)")
-    scores: list[float] = Field(description="same as rewards (OpenRLHF reads it for dynamic filtering)")
-    normalized: list[float]
-    truncated: list[bool]
     model: ModelRef
 
 

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.bundle import load_bundle
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
@@ -46,6 +47,17 @@ class DrainingServer(uvicorn.Server):
                 log.warning("drain timeout: %d request(s) in flight, shutting down", self.state.inflight)
                 self.should_exit = True
         return await super().on_tick(counter)
+
+
+def preflight(settings: ServiceSettings) -> None:
+    """Fail fast before serving: raise `service.bundle.BundleError` if the configured bundle is unusable.
+
+    It verifies the bundle (format version, every sha256) the way the app will, so a process that
+    cannot serve exits with the reason (a crash-looping pod shows it) instead of answering 503 with
+    the reason in a log line. No bundle configured is fine: the app starts unready until a reload.
+    """
+    if settings.bundle is not None:
+        load_bundle(settings.bundle)
 
 
 def build_server(settings: ServiceSettings, app: FastAPI | None = None) -> DrainingServer:

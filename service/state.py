@@ -123,8 +123,10 @@ class ServiceState:
         return new, previous
 
     async def _swap(self, path: Path, precision: PrecisionChoice) -> LoadedModel:
-        threads = self.settings.intra_op_threads
-        model = await asyncio.to_thread(load_model, path, precision, threads, self.backend_factory)
+        settings = self.settings
+        model = await asyncio.to_thread(
+            load_model, path, precision, settings.intra_op_threads, self.backend_factory, settings.length_correction
+        )
         self.model = model  # the atomic swap: one assignment on the event loop
         self.load_error = None
         self.metrics.set_model(model.name, model.version, model.bundle.sha256, model.precision)

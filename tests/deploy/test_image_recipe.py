@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.procs import free_port
 from tests.bundle_factory import make_tiny_bundle
 from tests.deploy.dockerfile import ROOT, Dockerfile, parse
 
@@ -54,12 +54,6 @@ class Image:
             env[key] = self.local(value).replace("$PATH", os.environ["PATH"])
         env.update(overrides)
         return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build(scratch: Path) -> Image:

@@ -29,7 +29,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 
-# SERVICE_CONTRACT.md, "Prometheus metrics": name -> (type, labels).
+# The metrics table of deploy/README.md: name -> (type, labels).
 CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "rlhf_requests": ("counter", frozenset({"route", "status"})),
     "rlhf_request_duration_seconds": ("histogram", frozenset({"route"})),
@@ -46,6 +46,20 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "rlhf_ready": ("gauge", frozenset()),
     "rlhf_model_info": ("gauge", frozenset({"name", "version", "sha256", "precision"})),
     "rlhf_reloads": ("counter", frozenset({"result"})),
+    # the live watch (service/watch.py), deploy/README.md "Reward watch"
+    "rlhf_watch_window_items": ("gauge", frozenset()),
+    "rlhf_score_drift_std": ("gauge", frozenset()),
+    "rlhf_score_std_ratio": ("gauge", frozenset()),
+    "rlhf_score_length_correlation": ("gauge", frozenset()),
+    "rlhf_truncated_share": ("gauge", frozenset()),
+    "rlhf_uncertainty_mean": ("gauge", frozenset()),
+}
+WATCH_ALERTS = {  # the issue's live watch: each statistic has an alert and a dashboard panel
+    "rlhf_score_drift_std": "RewardScoreDrift",
+    "rlhf_score_std_ratio": "RewardScoreSpreadCollapsed",
+    "rlhf_score_length_correlation": "RewardScoreTracksLength",
+    "rlhf_truncated_share": "RewardInputsTruncated",
+    "rlhf_uncertainty_mean": "RewardUncertaintyRising",
 }
 TARGET_LABELS = frozenset({"job", "instance", "service"})  # added by Prometheus / the scrape config
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
@@ -250,3 +264,23 @@ def test_dashboard_shows_every_required_view() -> None:
     datasource_uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
     provisioned = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource_uids == {ds["uid"] for ds in provisioned["datasources"]}
+
+
+def test_every_watch_statistic_has_its_alert_and_a_panel() -> None:
+    alerts = dict(alert_expressions())
+    panels = " ".join(expr for _, expr in dashboard_expressions())
+    for metric, alert in WATCH_ALERTS.items():
+        assert alert in alerts, alert
+        assert metric in {name for name, _, _ in usage_of(alerts[alert]).selectors}, (alert, metric)
+        assert metric in panels, f"no dashboard panel shows {metric}"
+    assert "rlhf_watch_window_items" in panels  # so a NaN gauge can be told apart from a broken one
+
+
+def test_readme_documents_every_metric_and_alert() -> None:
+    """deploy/README.md is where operators read what a metric means and what to do about an alert."""
+    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for name, (kind, _) in CONTRACT.items():
+        shown = name + "_total" if kind == "counter" else name
+        assert f"| `{shown}` |" in text, f"no row for {shown} in the metrics table"
+    for alert, _ in alert_expressions():
+        assert f"| `{alert}` (" in text, f"no row for {alert} in the alerts table"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench.scale import BenchError, Round, embedded_pairs_path, load_pairs, run_scale, summarise
+from bench.scale import BenchError, Round, load_pairs, run_scale, summarise
 from tests.bundle_factory import make_tiny_bundle
+from training.data import embedded_pairs_path
 
 
 def write_records(path: Path, records: list[dict[str, str]], compress: bool) -> Path:
@@ -40,8 +43,11 @@ def test_load_pairs_names_the_bad_line(tmp_path: Path) -> None:
         load_pairs(path, 10)
 
 
-def test_embedded_sample_is_found_without_importing_training() -> None:
+def test_embedded_sample_loads_and_the_bench_stays_torch_free() -> None:
     assert len(load_pairs(embedded_pairs_path(), 100)) == 100
+    code = "import sys, bench.scale; assert 'torch' not in sys.modules, 'bench.scale imported torch'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_summary_takes_medians_and_ratios() -> None:

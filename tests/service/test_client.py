@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from service.app import create_app
 from service.client import AsyncRewardClient, RequestRejected, RewardClient, RewardUnavailable
+from service.client._core import AbortFlag, Send, Sleep
 from tests.service.conftest import LiveServer, PlainServer, dead_url, settings_for, slow_factory
 
 PAIRS = [(f"question {i}", "answer " * (i % 7) + str(i)) for i in range(150)]
@@ -240,3 +241,126 @@ def test_constructor_validates() -> None:
         RewardClient([])
     with pytest.raises(ValueError):
         RewardClient("http://x", chunk_size=0)
+
+
+def rejecting_app(hits: list[float]) -> FastAPI:
+    """Refuses the chunk that starts at item 0 (422); every other chunk is told to retry (429) forever."""
+    app = FastAPI()
+
+    @app.post("/score")
+    async def score(request: Request) -> Any:
+        hits.append(time.monotonic())
+        first = (await request.json())["pairs"][0]["question"]
+        if first == PAIRS[0][0]:
+            await asyncio.sleep(0.1)  # the siblings are retrying by the time this one is refused
+            return JSONResponse({"error": {"type": "validation_failed", "message": "bad"}}, 422)
+        return JSONResponse({"error": {"type": "overloaded", "message": "full"}}, 429, {"Retry-After": "0"})
+
+    return app
+
+
+def _quiet_after(hits: list[float], seconds: float = 0.5) -> int:
+    """Requests that arrive during `seconds`, once those already in flight when the call returned landed."""
+    time.sleep(0.2)
+    before = len(hits)
+    time.sleep(seconds)
+    return len(hits) - before
+
+
+def test_a_rejected_chunk_stops_its_siblings_sync() -> None:
+    hits: list[float] = []
+    with PlainServer(rejecting_app(hits)) as server:
+        client = fast(server.url, chunk_size=2, max_concurrency=3, max_retries=1000)
+        with pytest.raises(RequestRejected):
+            client.score(PAIRS[:6])
+        assert _quiet_after(hits) == 0
+        client.close()
+
+
+def test_a_rejected_chunk_stops_its_siblings_async() -> None:
+    hits: list[float] = []
+
+    async def main(url: str) -> None:
+        async with AsyncRewardClient(
+            url, chunk_size=2, max_concurrency=3, max_retries=1000, backoff_base=0.01, backoff_max=0.05
+        ) as client:
+            with pytest.raises(RequestRejected):
+                await client.score(PAIRS[:6])
+            await asyncio.sleep(0.2)  # requests already in flight land
+            count = len(hits)
+            await asyncio.sleep(0.5)
+            assert len(hits) == count
+
+    with PlainServer(rejecting_app(hits)) as server:
+        asyncio.run(main(server.url))
+
+
+class _CloseOnThirdRequest(httpx.BaseTransport):
+    """Answers 429 to every request and closes the client during the third one."""
+
+    def __init__(self) -> None:
+        self.client: RewardClient | None = None
+        self.requests = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.requests == 3 and self.client is not None:
+            self.client.close()
+        return httpx.Response(429, json={"error": {"type": "overloaded", "message": "full"}})
+
+
+def test_closing_a_client_stops_calls_still_retrying() -> None:
+    transport = _CloseOnThirdRequest()
+    client = RewardClient("http://rm", transport=transport, max_retries=100, backoff_base=0.001)
+    transport.client = client
+    result = client.score(PAIRS[:2])
+    assert transport.requests == 3
+    assert result.failed == 2 and result.errors == ["items 0..1: aborted: the client was closed"]
+
+
+def _run_plan(client: RewardClient, replies: list[Any]) -> tuple[list[Any], Any]:
+    """Drive the shared send loop by hand: the steps it asked for, and the outcome it returned."""
+    plan = client._attempts("POST", "/score", {"pairs": []}, 0, AbortFlag())
+    steps, reply = [], None
+    try:
+        while True:
+            step = plan.send(reply)
+            steps.append(step)
+            reply = replies.pop(0) if isinstance(step, Send) else None
+    except StopIteration as done:
+        return steps, done.value
+
+
+def _response(status: int, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"type": "t", "message": "m"}}, headers=headers)
+
+
+def test_send_loop_moves_on_connection_errors_and_503_and_retries_429_in_place() -> None:
+    client = RewardClient(["http://a", "http://b"], max_retries=3, backoff_base=0.01, backoff_max=5)
+    ok = httpx.Response(200, json={"scores": []})
+    refused = httpx.ConnectError("refused")
+    steps, outcome = _run_plan(client, [refused, _response(503), _response(429, **{"Retry-After": "2"}), ok])
+    sends = [s.url for s in steps if isinstance(s, Send)]
+    assert sends == ["http://a/score", "http://b/score", "http://a/score", "http://a/score"]
+    sleeps = [s.seconds for s in steps if isinstance(s, Sleep)]
+    assert len(sleeps) == 3 and sleeps[2] == 2.0  # Retry-After is honoured (under backoff_max)
+    assert outcome.body == {"scores": []}
+
+
+def test_send_loop_gives_up_and_never_sleeps_after_the_last_attempt() -> None:
+    client = RewardClient("http://a", max_retries=2, backoff_base=0.01)
+    steps, outcome = _run_plan(client, [httpx.ReadTimeout("slow")] * 3)
+    assert [type(s).__name__ for s in steps] == ["Send", "Sleep", "Send", "Sleep", "Send"]
+    assert outcome.error == "gave up after 3 attempts; last: http://a: timeout (ReadTimeout)"
+
+
+def test_send_loop_stops_when_aborted() -> None:
+    client = RewardClient("http://a", max_retries=5)
+    abort = AbortFlag()
+    plan = client._attempts("POST", "/score", None, 0, abort)
+    assert isinstance(next(plan), Send)
+    abort.set("another chunk was rejected")
+    assert isinstance(plan.send(_response(429)), Sleep)
+    with pytest.raises(StopIteration) as done:
+        plan.send(None)
+    assert done.value.value.error == "aborted: another chunk was rejected"

@@ -86,6 +86,17 @@ def test_empty_answer_and_empty_question_are_encoded_not_dropped(tokenizer: Toke
     assert not enc.encode_one("", "").truncated
 
 
+def test_answer_tokens_count_the_answer_as_the_model_sees_it(tokenizer: Tokenizer) -> None:
+    """The length-correction unit: answer content tokens after truncation, no special tokens."""
+    enc = encoder(tokenizer, max_length=64, min_question=8)
+    assert enc.encode_one("Question?", "").answer_tokens == 0
+    assert enc.encode_one("", "Paris.").answer_tokens == 2  # "paris", "."
+    whole = enc.encode_one("Why?", "Short answer.")
+    assert whole.answer_tokens == len(raw_ids(tokenizer, "Short answer.")) == sum(whole.token_type_ids) - 1
+    cut = enc.encode_one(QUESTION, ANSWER)  # the answer is cut from the right to 64 - 3 - 8 tokens
+    assert cut.truncated and cut.answer_tokens == 64 - 3 - 8
+
+
 def test_unicode_text_encodes_within_max_length(tokenizer: Tokenizer) -> None:
     enc = encoder(tokenizer, max_length=32)
     texts = [
@@ -131,8 +142,8 @@ def test_policy_rejects_bad_values() -> None:
 
 def test_pad_batch_shapes_mask_and_pad_id() -> None:
     pairs = [
-        EncodedPair([CLS, 5, SEP], [0, 0, 0], False),
-        EncodedPair([CLS, 5, 6, 7, SEP], [0, 0, 1, 1, 1], True),
+        EncodedPair([CLS, 5, SEP], [0, 0, 0], False, 0),
+        EncodedPair([CLS, 5, 6, 7, SEP], [0, 0, 1, 1, 1], True, 2),
     ]
     batch = pad_batch(pairs, PAD)
     assert {k: v.shape for k, v in batch.items()} == {

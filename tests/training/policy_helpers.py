@@ -16,6 +16,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from training.policy.config import PolicyConfig
+from training.policy.policy import Policy
+from training.policy.prompts import Prompt
+from training.policy.rollout import Group, sample_groups
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }} {{ message['content'] }}<|im_end|> "
@@ -193,3 +196,17 @@ class SwitchTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def sample_group(
+    policy: Policy,
+    prompt: Prompt,
+    k: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    threads: int = 0,
+) -> Group:
+    """k answers to one prompt: ``sample_groups`` with a single prompt, so no padding at all."""
+    return sample_groups(policy, [prompt], k, max_new_tokens, temperature, top_p, greedy, threads)[0]

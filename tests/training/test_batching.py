@@ -5,15 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.padding import padding_stats, random_batches
 from service.encoding import PairEncoder, TruncationPolicy
-from training.reward.batching import (
-    collate,
-    encode_pairs,
-    length_grouped_batches,
-    padding_stats,
-    pair_lengths,
-    random_batches,
-)
+from training.reward.batching import collate, encode_pairs, length_grouped_batches, pair_lengths
 from training.reward.data import load_pairs
 
 

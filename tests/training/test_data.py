@@ -50,7 +50,7 @@ def test_embedded_pairs_path_is_the_shipped_file() -> None:
     path = embedded_pairs_path()
     assert path.is_file()
     assert path.name == "hh-rlhf-harmless-2000.jsonl.gz"
-    assert path.parent == Path(__file__).resolve().parents[2] / "training" / "data"
+    assert path.parent == Path(__file__).resolve().parents[2] / "training" / "embedded"
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.procs import free_port
 from tests.bundle_factory import make_tiny_bundle
 from training.demo import (
     DemoError,
     DemoPaths,
-    free_port,
     print_summary,
     rlhf,
     running_service,

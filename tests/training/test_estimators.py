@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from training.policy.estimators import (
     batch_mean_baseline,
     compute_advantages,
-    entropy_from_logits,
+    constant_baseline,
     moving_average_baseline,
     normalize_advantages,
     policy_gradient_loss,
@@ -118,8 +116,11 @@ def test_clipped_loss_gradient_equals_plain_gradient_at_ratio_one() -> None:
     assert torch.allclose(g_plain, g_ppo)
 
 
-def test_entropy_of_uniform_and_peaked_distributions() -> None:
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])
-    ent = entropy_from_logits(logits)
-    assert float(ent[0, 0]) == pytest.approx(math.log(4))
-    assert float(ent[0, 1]) == pytest.approx(0.0, abs=1e-6)
+def test_constant_baseline_of_each_kind_by_hand() -> None:
+    seq = torch.tensor([1.0, NAN, 3.0, 0.0])  # fetched rewards 1, 3, 0: mean 4/3
+    assert constant_baseline("batch_mean", 2.0, seq, 0.9) == pytest.approx(4 / 3)  # previous ignored
+    assert constant_baseline("moving_average", None, seq, 0.9) == pytest.approx(4 / 3)  # starts at the mean
+    assert constant_baseline("moving_average", 2.0, seq, 0.9) == pytest.approx(0.9 * 2 + 0.1 * 4 / 3)
+    assert constant_baseline("batch_mean", None, torch.tensor([NAN, NAN]), 0.9) == 0.0  # nothing fetched
+    with pytest.raises(ValueError, match="unknown baseline"):
+        constant_baseline("median", None, seq, 0.9)

@@ -23,8 +23,8 @@ from tests.training.reward_helpers import (
     make_tiny_run,
     write_pairs,
 )
+from training.reward.batching import encode_pairs
 from training.reward.data import load_run_split
-from training.reward.evaluate import encode_pair_sides
 from training.reward.export import ExportConfig, export_bundle
 from training.reward.export import build as export_module
 from training.reward.export.gate import (
@@ -55,7 +55,7 @@ def bundle_dir(run_dir: Path) -> Path:
 
 def val_sequences(run_dir: Path, encoder: PairEncoder) -> list:
     _, val = load_run_split(run_dir)
-    chosen, rejected = encode_pair_sides(encoder, val)
+    chosen, rejected = encode_pairs(encoder, val)
     return [*chosen, *rejected]
 
 
@@ -127,7 +127,6 @@ def test_int8_graph_is_quantised_and_batch_independent(run_dir: Path, bundle_dir
 
 
 def test_export_and_service_and_training_encode_identically(run_dir: Path, bundle_dir: Path) -> None:
-    from training.reward.batching import encode_pairs
     from training.reward.config import RewardConfig
     from training.reward.model import tokenizer_json_path
 
@@ -137,12 +136,12 @@ def test_export_and_service_and_training_encode_identically(run_dir: Path, bundl
         TruncationPolicy(config.max_length, config.min_question_tokens),
     )
     _, val = load_run_split(run_dir)
-    train_c, train_r = encode_pairs(training_encoder, val)  # the training loop's path
+    train_c, train_r = encode_pairs(training_encoder, val)  # the training loop's tokenizer (base model)
     export_encoder = PairEncoder.from_file(
         run_dir / "final" / "tokenizer.json", TruncationPolicy(config.max_length, config.min_question_tokens)
     )
-    export_c, export_r = encode_pair_sides(export_encoder, val)  # the export gate's path
-    serve_c, serve_r = encode_pair_sides(load_bundle(bundle_dir).encoder(), val)  # the service's path
+    export_c, export_r = encode_pairs(export_encoder, val)  # the export gate's (the run's copy)
+    serve_c, serve_r = encode_pairs(load_bundle(bundle_dir).encoder(), val)  # the bundle's, as served
     assert train_c == export_c == serve_c and train_r == export_r == serve_r
     assert any(e.truncated for e in train_c + train_r)  # the truncation policy is exercised
 

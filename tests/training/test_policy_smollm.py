@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training.policy_helpers import sample_group
 from training.policy.config import PolicyConfig
 from training.policy.policy import Policy, action_logprobs, default_policy_model, load_policy
 from training.policy.prompts import heldout_questions, prompt_from_hh
-from training.policy.rollout import sample_group
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

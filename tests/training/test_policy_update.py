@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.policy_helpers import make_tiny_policy_dir, tiny_config, write_prompts
+from tests.training.policy_helpers import make_tiny_policy_dir, sample_group, tiny_config, write_prompts
 from training.policy.config import PolicyConfig
 from training.policy.policy import Policy, action_logprobs, load_policy
 from training.policy.prompts import load_prompts_file
-from training.policy.rollout import Group, sample_group
+from training.policy.rollout import Group
 from training.policy.update import policy_update
 
 NAN = float("nan")

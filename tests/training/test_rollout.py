@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
-from tests.training.policy_helpers import make_tiny_policy_dir, tiny_config, write_prompts
+from tests.training.policy_helpers import make_tiny_policy_dir, sample_group, tiny_config, write_prompts
 from training.policy.policy import Policy, action_logprobs, load_policy
 from training.policy.prompts import load_prompts_file
-from training.policy.rollout import encode_prompt, eos_mask, sample_group, sample_groups
+from training.policy.rollout import encode_prompt, eos_mask, sample_groups
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +52,21 @@ def test_trajectory_structure_matches_a_recomputation(policy: Policy, prompts: l
     assert torch.allclose(recomputed.detach(), group.logprobs, atol=1e-4)
     assert (group.logprobs[group.mask] < 0).all() and (group.logprobs[~group.mask] == 0).all()
     eos = policy.eos_token_ids[0]
-    for i, traj in enumerate(group.trajectories()):
-        n = len(traj)
-        assert n == int(group.mask[i].sum()) >= 1
-        # state S_t = prompt + first t actions; action A_t is the next token
+    for i in range(k):
+        actions, logprobs, n = group.actions[i], group.logprobs[i], int(group.mask[i].sum())
+        assert n >= 1
+        # state S_t = prompt + first t actions; action A_t is the next token, drawn from pi(.|S_t)
         for t in (0, n - 1):
-            state = traj.state(t)
-            assert torch.equal(state[: len(prompt_ids)], prompt_ids) and len(state) == len(prompt_ids) + t
+            state = torch.cat([group.prompt_ids, actions[:t]])
             with torch.no_grad():
                 logits = policy.model(input_ids=state.unsqueeze(0)).logits[0, -1] / 0.8
-            expected = torch.log_softmax(logits, -1)[traj.actions[t]]
-            assert float(expected) == pytest.approx(float(traj.logprobs[t]), abs=1e-4)
+            expected = torch.log_softmax(logits, -1)[actions[t]]
+            assert float(expected) == pytest.approx(float(logprobs[t]), abs=1e-4)
         if group.finished[i]:
-            assert int(traj.actions[n - 1]) == eos  # EOS is the last action
-            assert (traj.actions[n:] == policy.pad_token_id).all()  # padding after EOS
+            assert int(actions[n - 1]) == eos  # EOS is the last action
+            assert (actions[n:] == policy.pad_token_id).all()  # padding after EOS
         else:
-            assert n == t_len and eos not in traj.actions.tolist()
+            assert n == t_len and eos not in actions.tolist()
 
 
 def test_generation_stops_at_eos(policy: Policy, prompts: list) -> None:
@@ -125,3 +127,23 @@ def test_prompts_sampled_together_match_prompts_sampled_alone(policy: Policy, pr
         )
         assert torch.allclose(recomputed.detach(), group.logprobs, atol=1e-4)
     assert sample_groups(policy, [], k=2, max_new_tokens=4) == []
+
+
+def test_entropy_is_log_vocab_for_a_uniform_policy_and_zero_on_padding(tmp_path: Path) -> None:
+    """The entropy the update logs and may reward: a head of zeros gives every token the same logit,
+    so each real position has entropy exactly log(V); padding positions count 0."""
+    fresh = load_policy(
+        tiny_config(
+            make_tiny_policy_dir(tmp_path / "model"), tmp_path / "out", write_prompts(tmp_path / "p.jsonl")
+        )
+    )
+    head = fresh.model.get_output_embeddings()
+    with torch.no_grad():
+        head.weight.zero_()
+    actions = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    _, entropy = action_logprobs(fresh.model, torch.tensor([2, 4, 10]), actions, mask, with_entropy=True)
+    assert entropy is not None
+    vocab = head.weight.shape[0]
+    expected = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]) * math.log(vocab)
+    assert torch.allclose(entropy, expected, atol=1e-5)

@@ -4,7 +4,8 @@
         trainable.safetensors   the parameters that train (the LoRA adapter, or all weights)
         optimizer.pt            AdamW state (tensors and numbers only: loaded with weights_only=True)
         rng.pt                  torch CPU RNG state (the sampler's randomness)
-        state.json              step, moving-average baseline, adaptive KL beta, RM name/version, config
+        state.json              step, moving-average baseline, adaptive KL beta, RM name/version,
+                                the gold bundle's sha256 (its per-step numbers must stay comparable), config
 
 Written to a temporary directory and renamed, so a crash mid-save leaves the previous checkpoint.
 """
@@ -34,6 +35,7 @@ class TrainState:
     rm_name: str
     rm_version: str
     kl_coef: float  # this step's KL beta: config.kl_coef, or where the adaptive controller moved it
+    gold_sha256: str | None = None  # the gold bundle the run is measured against (None: no gold)
 
 
 def save_checkpoint(
@@ -54,6 +56,7 @@ def save_checkpoint(
         "rm_name": state.rm_name,
         "rm_version": state.rm_version,
         "kl_coef": state.kl_coef,
+        "gold_sha256": state.gold_sha256,
         "config": config.to_dict(),
     }
     (tmp / "state.json").write_text(json.dumps(body, indent=2), encoding="utf-8")
@@ -99,4 +102,5 @@ def load_checkpoint(
         str(body["rm_name"]),
         str(body["rm_version"]),
         float(body.get("kl_coef", config.kl_coef)),  # absent before the adaptive controller
+        body.get("gold_sha256"),  # absent before the gold reward: those runs had none
     )

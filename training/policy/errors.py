@@ -4,6 +4,8 @@ PolicyTrainingError
  ├── PromptError            no usable prompts / malformed prompts file
  ├── TooManyFailedRewards   more than max_failed_fraction of a step's rewards could not be fetched
  ├── RewardModelChanged     the service started serving another reward-model version mid-run
+ ├── UncertaintyUnavailable an uncertainty penalty was asked for, the served bundle has no uncertainty
+ ├── GoldError              the gold bundle cannot be loaded or scored
  └── CheckpointError        resume asked for but the checkpoint is missing or does not match
 """
 
@@ -24,6 +26,14 @@ class TooManyFailedRewards(PolicyTrainingError):
 
 class RewardModelChanged(PolicyTrainingError):
     """The reward model's version differs from the one the run started with."""
+
+
+class UncertaintyUnavailable(PolicyTrainingError):
+    """--uncertainty-penalty > 0, but the service answers without a per-item uncertainty."""
+
+
+class GoldError(PolicyTrainingError):
+    """The gold reward bundle was refused (missing, corrupt, or its canary failed)."""
 
 
 class CheckpointError(PolicyTrainingError):

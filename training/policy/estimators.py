@@ -5,7 +5,8 @@ A baseline that does not depend on the answer it is subtracted from leaves the g
 so every estimator here is ``A_t = (R_t - b) [/ s]`` with a different b:
 
 * ``reinforce``: b = 0, ``sum_t logprob(A_t|S_t) * R_t`` exactly as written (high variance).
-* ``baseline``: b = a constant (batch mean of the rewards, or a moving average across steps).
+* ``baseline``: b = a constant (batch mean of the rewards, or a moving average across steps:
+  ``constant_baseline``; the trainer keeps b between steps).
 * ``rloo``: b_i = mean reward of the *other* k-1 answers to the same prompt (leave-one-out).
 * ``group_norm``: GRPO-style ``(R_t - group mean) / (group std + eps)``.
 
@@ -104,6 +105,20 @@ def moving_average_baseline(previous: float | None, seq_rewards: torch.Tensor, m
     return current if previous is None else momentum * previous + (1.0 - momentum) * current
 
 
+def constant_baseline(kind: str, previous: float | None, seq_rewards: torch.Tensor, momentum: float) -> float:
+    """This step's b of the ``baseline`` estimator. seq_rewards: [B] -> float.
+
+    ``batch_mean``: the mean fetched reward of this batch; ``moving_average``: ``b <- m * b + (1 - m) *
+    batch mean`` across steps (``previous`` is the last step's b, None at the first step). The caller
+    keeps b between steps (it is checkpointed), so a resumed run continues the same average.
+    """
+    if kind == "batch_mean":
+        return batch_mean_baseline(seq_rewards)
+    if kind == "moving_average":
+        return moving_average_baseline(previous, seq_rewards, momentum)
+    raise ValueError(f"unknown baseline {kind!r}; expected batch_mean or moving_average")
+
+
 def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Zero mean, unit (population) std over the masked tokens. [B, T] -> [B, T]."""
     mean = masked_mean(adv, mask)
@@ -139,9 +154,3 @@ def policy_gradient_loss(
         clipped = masked_mean((clipped_obj < unclipped).to(logp.dtype), mask)
     loss = -(per_token * m).sum() / n_rows
     return loss, clipped.detach()
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution. logits: [B, T, V] -> [B, T]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)

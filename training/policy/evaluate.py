@@ -5,11 +5,15 @@ not because the dice did. The gain is also reported in units of the RM's score s
 manifest via /v1/models), the unit the targets are stated in. Samples are written as JSONL so a
 person can read what the policy actually says.
 
-Measured with the default RM and policy (48 prompts x 4 samples): the score depends mostly on the
-question (prompt means spread by 0.59 RM std) and much less on the sampled answer (0.27 std around its
-prompt's mean). The same prompts before and after cancel the first part, so the gain is measured
-per prompt: per-prompt means are kept and ``gain_standard_error`` pairs them before/after. A greedy
-pass (one deterministic answer per prompt, no sampling noise) can run next to the sampled one.
+With the default RM and policy the score depends mostly on the question (prompt means spread
+widely) and much less on the sampled answer around its prompt's mean. The same prompts before and
+after cancel the first part, so the gain is measured per prompt: per-prompt means are kept and
+``gain_standard_error`` pairs them before/after. A greedy pass (one deterministic answer per
+prompt, no sampling noise) can run next to the sampled one.
+
+With a gold reward (`training.policy.gold`) every sample is also scored by it, so the gold gain is
+paired the same way, and each scorer's Pearson correlation with answer length is kept: a gain that
+is mostly length shows as a strong correlation (Gao et al. 2022; Singhal et al. 2023).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from training.policy.policy import Policy
 from training.policy.prompts import Prompt
 from training.policy.rollout import sample_groups
+from training.policy.gold import GoldScorer, gold_scores
 from training.policy.scoring import score_answers
 
 EVAL_SEED_OFFSET = 1000  # the evaluation's stream never coincides with the training stream
@@ -42,31 +47,50 @@ class EvalResult:
     mean_length: float  # answer tokens
     eos_fraction: float = math.nan  # share of answers that ended with EOS (the rest hit max_new_tokens)
     prompt_means: list[float] = field(default_factory=list)  # mean raw score per prompt (NaN: none scored)
+    median_length: float = math.nan  # answer tokens
+    length_pearson: float = math.nan  # Pearson(raw score, answer tokens) over the scored samples
+    # the gold reward, when the run has one (NaN / empty otherwise)
+    gold_mean_raw: float = math.nan
+    gold_mean_normalized: float = math.nan  # by the gold's own train mean / std
+    gold_prompt_means: list[float] = field(default_factory=list)
+    gold_length_pearson: float = math.nan  # the gold's own Pearson(score, answer tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean_raw": self.mean_raw,
-            "mean_normalized": self.mean_normalized,
-            "scored": self.scored,
-            "failed": self.failed,
-            "mean_length": self.mean_length,
-            "eos_fraction": self.eos_fraction,
-            "prompt_means": self.prompt_means,
-        }
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def gain_standard_error(before: EvalResult, after: EvalResult) -> float:
-    """Standard error of ``after.mean_raw - before.mean_raw`` from the per-prompt paired differences.
+def paired_standard_error(before: Sequence[float], after: Sequence[float]) -> float:
+    """Standard error of the mean of ``after - before`` over the prompts finite in both (NaN if < 2).
 
-    Prompt difficulty cancels in the pairs, so this is the noise of the sampling alone (NaN with fewer
-    than 2 prompts scored both times).
-    """
-    a = np.asarray(after.prompt_means, dtype=np.float64)
-    b = np.asarray(before.prompt_means, dtype=np.float64)
+    Prompt difficulty cancels in the pairs, so this is the noise of the sampling alone; lists of
+    different lengths are different prompt sets and do not pair (NaN)."""
+    a = np.asarray(after, dtype=np.float64)
+    b = np.asarray(before, dtype=np.float64)
     if a.shape != b.shape:
         return math.nan
     d = (a - b)[np.isfinite(a - b)]
     return float(d.std(ddof=1) / math.sqrt(d.size)) if d.size >= 2 else math.nan
+
+
+def gain_standard_error(before: EvalResult, after: EvalResult) -> float:
+    """Standard error of ``after.mean_raw - before.mean_raw`` from the per-prompt paired differences."""
+    return paired_standard_error(before.prompt_means, after.prompt_means)
+
+
+def gold_gain_standard_error(before: EvalResult, after: EvalResult) -> float:
+    """Standard error of the gold gain, paired per prompt like the proxy's."""
+    return paired_standard_error(before.gold_prompt_means, after.gold_prompt_means)
+
+
+def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Pearson correlation over the items finite in both; NaN with < 3 items or a constant side."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return math.nan
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else math.nan
 
 
 async def evaluate(
@@ -84,14 +108,17 @@ async def evaluate(
     threads: int = 0,
     greedy: bool = False,
     batch_prompts: int = 16,
+    gold: GoldScorer | None = None,
 ) -> EvalResult:
     """Sample ``samples`` answers per prompt with a fixed seed (the global RNG is restored after).
 
     ``greedy``: one deterministic (argmax) answer per prompt instead; ``samples``, temperature and
     top_p are then ignored. ``batch_prompts`` prompts are decoded together (``sample_groups``); the
-    samples depend on it, so before and after must use the same value to be paired.
+    samples depend on it, so before and after must use the same value to be paired. ``gold``: every
+    sample is also scored by the gold reward (in a worker thread, after the service's scores).
     """
     raw_all: list[np.ndarray] = []
+    gold_all: list[np.ndarray] = []
     lengths: list[int] = []
     finished: list[bool] = []
     rows = []
@@ -106,29 +133,54 @@ async def evaluate(
             chunk_scores = await asyncio.gather(
                 *(score_answers(client, g.prompt.question, g.texts, "raw") for g in groups)
             )
-            for group, scores in zip(groups, chunk_scores, strict=True):
+            chunk_gold = await asyncio.to_thread(gold_scores, gold, groups)
+            scored = zip(groups, chunk_scores, chunk_gold, strict=True)
+            for offset, (group, scores, gold_raw) in enumerate(scored):
                 raw_all.append(scores.raw)
+                gold_all.append(gold_raw)
                 lengths.extend(int(n) for n in group.lengths)
                 finished.extend(bool(f) for f in group.finished)
-                for text, score in zip(group.texts, scores.raw, strict=True):
+                answers = zip(group.texts, group.lengths, scores.raw, gold_raw, strict=True)
+                for text, n, score, gold_score in answers:
                     rows.append(
                         {
+                            "prompt": start + offset,
                             "question": group.prompt.question[-300:],
                             "answer": text,
+                            "length": int(n),
                             "score": _finite_or_none(score),
+                            **({"gold_score": _finite_or_none(gold_score)} if gold is not None else {}),
                         }
                     )
-    raw = np.concatenate(raw_all) if raw_all else np.zeros(0)
-    ok = np.isfinite(raw)
     if out_jsonl is not None:
         out_jsonl.parent.mkdir(parents=True, exist_ok=True)
         out_jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    raw = np.concatenate(raw_all) if raw_all else np.zeros(0)
+    ok = np.isfinite(raw)
     mean_raw = float(raw[ok].mean()) if ok.any() else math.nan
-    mean_length = float(np.mean(lengths)) if lengths else 0.0
-    normalized = (mean_raw - score_mean) / score_std
-    prompt_means = [float(r[np.isfinite(r)].mean()) if np.isfinite(r).any() else math.nan for r in raw_all]
-    eos = float(np.mean(finished)) if finished else math.nan
-    return EvalResult(mean_raw, normalized, int(ok.sum()), int((~ok).sum()), mean_length, eos, prompt_means)
+    result = EvalResult(
+        mean_raw=mean_raw,
+        mean_normalized=(mean_raw - score_mean) / score_std,
+        scored=int(ok.sum()),
+        failed=int((~ok).sum()),
+        mean_length=float(np.mean(lengths)) if lengths else 0.0,
+        eos_fraction=float(np.mean(finished)) if finished else math.nan,
+        prompt_means=_prompt_means(raw_all),
+        median_length=float(np.median(lengths)) if lengths else math.nan,
+        length_pearson=pearson(raw, lengths),
+    )
+    if gold is not None:
+        gold_raw = np.concatenate(gold_all) if gold_all else np.zeros(0)
+        result.gold_mean_raw = float(np.nanmean(gold_raw)) if np.isfinite(gold_raw).any() else math.nan
+        result.gold_mean_normalized = float(gold.normalize(np.array([result.gold_mean_raw]))[0])
+        result.gold_prompt_means = _prompt_means(gold_all)
+        result.gold_length_pearson = pearson(gold_raw, lengths)
+    return result
+
+
+def _prompt_means(per_prompt: Sequence[np.ndarray]) -> list[float]:
+    """Mean of each prompt's finite scores; NaN for a prompt with none."""
+    return [float(r[np.isfinite(r)].mean()) if np.isfinite(r).any() else math.nan for r in per_prompt]
 
 
 def _finite_or_none(x: float) -> float | None:

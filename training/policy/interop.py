@@ -27,8 +27,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
+from service.client import RewardClient, ScoreResult
 from training.policy.prompts import messages_to_hh, prompt_from_text
 from training.policy.scoring import rm_answer
 
@@ -52,6 +53,16 @@ def completion_to_answer(completion: str | Sequence[dict[str, str]]) -> str:
     )
 
 
+class BlockingScorer(Protocol):
+    """What the reward function needs of its client: `service.client.RewardClient`, or a stand-in."""
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult:
+        """Scores in input order; NaN where an item could not be scored."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class ServiceRewardFunction:
     """Callable ``(prompts, completions, **kwargs) -> list[float | None]`` backed by the service."""
 
@@ -62,12 +73,10 @@ class ServiceRewardFunction:
         api_key: str | None = None,
         normalized: bool = False,
         name: str = "reward_service",
-        client: Any = None,
+        client: BlockingScorer | None = None,
         **client_kwargs: Any,
     ) -> None:
         if client is None:
-            from service.client import RewardClient
-
             client = RewardClient(base_urls, api_key=api_key, **client_kwargs)
         self.client = client
         self.normalized = normalized  # (score - mean) / std of the RM's training scores instead of raw

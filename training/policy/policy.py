@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from training.devices import resolve_device
+from training.devices import DeviceError, resolve_device
 from training.policy.config import PolicyConfig
+from training.policy.errors import PolicyTrainingError
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,10 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def load_policy(config: PolicyConfig, keep_reference: bool | None = None) -> Policy:
     """Load the causal LM of ``config.model`` (default SmolLM2 GGUF), wrap it with LoRA unless full FT."""
+    try:
+        device = resolve_device(config.device)  # before the model loads: a wrong name fails at once
+    except DeviceError as err:
+        raise PolicyTrainingError(f"device: {err}") from err
     name, gguf = config.model, config.gguf_file
     if name is None:
         name, gguf = default_policy_model()
@@ -117,7 +122,6 @@ def load_policy(config: PolicyConfig, keep_reference: bool | None = None) -> Pol
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
     if gguf:
         _forget_gguf_quantizer(model)
-    device = resolve_device(config.device)
     model.to(device)  # type: ignore[arg-type]
     if config.full_finetune:
         needs_ref = config.kl_coef > 0 if keep_reference is None else keep_reference

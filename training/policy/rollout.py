@@ -1,5 +1,7 @@
 """Sampling trajectories: k answers to one prompt, each a sequence of (state, action, logprob).
 
+    groups = sample_groups(policy, prompts, k=4, max_new_tokens=40, temperature=1.0, top_p=1.0)
+
 State S_t = prompt + the answer's first t tokens; action A_t = the next token; logprob = log pi(A_t|S_t)
 under the sampling policy softmax(logits / temperature). Generation stops at EOS (the EOS token is the
 last action of a finished answer) or after max_new_tokens; positions after EOS are padding, mask False.
@@ -20,24 +22,6 @@ from training.policy.policy import Policy, batch_prompt_cache, cache_kwarg, torc
 from training.policy.prompts import Prompt
 
 
-@dataclass(frozen=True)
-class Trajectory:
-    """One answer as an RL trajectory (views into its group's tensors)."""
-
-    prompt_ids: torch.Tensor  # [P]
-    actions: torch.Tensor  # [T] next tokens, padded after EOS
-    logprobs: torch.Tensor  # [T] log pi(A_t | S_t) at sampling time, 0 on padding
-    mask: torch.Tensor  # [T] bool, True up to and including EOS
-    text: str  # decoded answer (special tokens removed)
-
-    def state(self, t: int) -> torch.Tensor:
-        """S_t = prompt + the first t actions. [P + t]"""
-        return torch.cat([self.prompt_ids, self.actions[:t]])
-
-    def __len__(self) -> int:
-        return int(self.mask.sum())
-
-
 @dataclass
 class Group:
     """The k answers sampled for one prompt."""
@@ -49,12 +33,6 @@ class Group:
     mask: torch.Tensor  # [k, T] bool
     texts: list[str]
     finished: torch.Tensor  # [k] bool: ended with EOS (False = cut at max_new_tokens)
-
-    def trajectories(self) -> list[Trajectory]:
-        return [
-            Trajectory(self.prompt_ids, self.actions[i], self.logprobs[i], self.mask[i], self.texts[i])
-            for i in range(self.actions.shape[0])
-        ]
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -79,21 +57,6 @@ def eos_mask(actions: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def sample_group(
-    policy: Policy,
-    prompt: Prompt,
-    k: int,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    greedy: bool = False,
-    threads: int = 0,
-) -> Group:
-    """k answers to one prompt (``sample_groups`` with a single prompt: no padding at all)."""
-    return sample_groups(policy, [prompt], k, max_new_tokens, temperature, top_p, greedy, threads)[0]
-
-
-@torch.no_grad()
 def sample_groups(
     policy: Policy,
     prompts: Sequence[Prompt],
@@ -107,9 +70,9 @@ def sample_groups(
     """k answers to each prompt, all prompts decoded together in one ``model.generate`` call.
 
     Decoding is one forward pass per new token whatever the batch, so one batch of n * k rows costs
-    little more per token than a batch of k rows, and n times fewer passes: 4 prompts x 4 answers
-    together took half the time of one prompt after the other, 16 x 2 a third (SmolLM2, 2 CPU cores,
-    greedy answers identical). Prompts of different lengths are left-padded (masked, positions
+    little more per token than a batch of k rows, and takes n times fewer passes than one prompt
+    after the other (what that saves: README, "Policy optimisation": "Prompts decoded together").
+    Prompts of different lengths are left-padded (masked, positions
     counted from each prompt's first real token); each prompt is prefilled once and its keys/values
     shared by its k rows. Log-probs come from the raw logits of each step, and each returned Group
     holds its own unpadded prompt, so the update needs no padding.

@@ -1,9 +1,11 @@
 """Rewards from the scoring service: one group of answers -> one reward per answer, NaN on failure.
 
-The trainer talks to the service only through this module and `service.client.AsyncRewardClient`
-(retries, backoff, several URLs). Here: what the RM is asked (the raw hh question and the answer with
-the leading space hh answers have), which number becomes the reward, and the two stop rules of the
-run (too many failed rewards in a step; a different reward-model version).
+The trainer talks to the service only through this module and a :class:`RewardScorer`, in practice
+`service.client.AsyncRewardClient` (retries, backoff, several URLs). Here: what the RM is asked (the
+raw hh question and the answer with the leading space hh answers have), which number becomes the
+reward (the served score, minus ``lambda * uncertainty`` with an uncertainty penalty), and the stop
+rules of the run (too many failed rewards in a step; a different reward-model version; a penalty
+asked of a bundle that serves no uncertainty).
 """
 
 from __future__ import annotations
@@ -11,11 +13,24 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from training.policy.errors import RewardModelChanged, TooManyFailedRewards
+from service.client import ScoreResult
+from training.policy.errors import RewardModelChanged, TooManyFailedRewards, UncertaintyUnavailable
+
+
+class RewardScorer(Protocol):
+    """What the trainer needs of its reward client: `service.client.AsyncRewardClient`, or a stand-in."""
+
+    async def score(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult:
+        """Scores in input order; NaN where an item could not be scored."""
+        ...
+
+    async def models(self) -> dict[str, Any]:
+        """The service's /v1/models body (name, version, score statistics of the model)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -41,10 +56,12 @@ class RewardModelInfo:
 
 @dataclass
 class Scores:
-    """Rewards of one batch of answers, in input order."""
+    """Rewards of one batch of answers, in input order; NaN where not fetched (never 0)."""
 
-    rewards: np.ndarray  # float64 [n]: the training reward (normalized or raw), NaN where not fetched
-    raw: np.ndarray  # float64 [n]: raw RM scores, NaN likewise
+    rewards: np.ndarray  # float64 [n]: the training reward, served score - lambda * uncertainty
+    raw: np.ndarray  # float64 [n]: raw RM scores
+    normalized: np.ndarray  # float64 [n]: (raw - train mean) / train std, as the service normalises
+    uncertainty: np.ndarray  # float64 [n]: in the reward's units (reward_key); NaN where none is served
     failed: int
     errors: list[str] = field(default_factory=list)
     model_version: str | None = None
@@ -57,17 +74,40 @@ def rm_answer(text: str) -> str:
     return " " + text.strip()
 
 
-async def score_answers(client: Any, question: str, answers: Sequence[str], reward_key: str) -> Scores:
-    """Score answers to one question with an AsyncRewardClient. Failures come back NaN, never 0."""
+def penalized_reward(score: np.ndarray, uncertainty: np.ndarray, penalty: float) -> np.ndarray:
+    """``score - penalty * uncertainty`` [n], both in the reward's units (Coste et al. 2023).
+
+    With penalty 0 the score is returned as is (a bundle without uncertainty trains as before); with a
+    penalty, an item whose uncertainty is missing gets NaN, so it is masked rather than unpenalised."""
+    if penalty == 0:
+        return score
+    return score - penalty * uncertainty
+
+
+async def score_answers(
+    client: RewardScorer,
+    question: str,
+    answers: Sequence[str],
+    reward_key: str,
+    uncertainty_penalty: float = 0.0,
+) -> Scores:
+    """Score answers to one question. Failures come back NaN, never 0."""
     start = time.perf_counter()
     result = await client.score([(question, rm_answer(a)) for a in answers])
     seconds = time.perf_counter() - start
     raw = np.asarray(result.scores, dtype=np.float64)
-    rewards = raw if reward_key == "raw" else np.asarray(result.normalized, dtype=np.float64)
+    normalized = np.asarray(result.normalized, dtype=np.float64)
+    served, uncertainty = (raw, result.uncertainty) if reward_key == "raw" else (
+        normalized, result.uncertainty_normalized
+    )
+    uncertainty = np.asarray(uncertainty, dtype=np.float64)
+    rewards = penalized_reward(served, uncertainty, uncertainty_penalty)
     failed = int((~np.isfinite(rewards)).sum())
     return Scores(
         rewards=rewards,
         raw=raw,
+        normalized=normalized,
+        uncertainty=uncertainty,
         failed=failed,
         errors=list(result.errors),
         model_version=result.model_version,
@@ -76,18 +116,44 @@ async def score_answers(client: Any, question: str, answers: Sequence[str], rewa
     )
 
 
+async def check_uncertainty_served(client: RewardScorer, penalty: float) -> None:
+    """Before a penalised run: one probe pair must come back with a finite uncertainty.
+
+    A plain bundle (one quality head) has none, and penalising nothing would silently train the plain
+    objective, so the run stops at its start instead."""
+    if penalty == 0:
+        return
+    result = await client.score([("How do I bake bread?", " Mix flour, water and yeast, then bake.")])
+    if not np.isfinite(np.asarray(result.scores, dtype=np.float64)).all():
+        raise UncertaintyUnavailable(
+            f"the service could not score the uncertainty probe: {'; '.join(result.errors) or 'no message'}"
+        )
+    if not np.isfinite(np.asarray(result.uncertainty, dtype=np.float64)).all():
+        raise UncertaintyUnavailable(
+            f"--uncertainty-penalty {penalty} needs a per-item uncertainty, but the served reward model "
+            f"{result.model_name} {result.model_version} returns none (a single quality head). Serve a "
+            "bundle trained with `rlhf train-rm --quality-heads N` (N > 1), or drop the penalty."
+        )
+
+
 def merge_scores(parts: Sequence[Scores]) -> Scores:
     """Concatenate per-group scores in order (the step's view)."""
     versions = [p.model_version for p in parts if p.model_version is not None]
     return Scores(
-        rewards=np.concatenate([p.rewards for p in parts]) if parts else np.zeros(0),
-        raw=np.concatenate([p.raw for p in parts]) if parts else np.zeros(0),
+        rewards=_concat([p.rewards for p in parts]),
+        raw=_concat([p.raw for p in parts]),
+        normalized=_concat([p.normalized for p in parts]),
+        uncertainty=_concat([p.uncertainty for p in parts]),
         failed=sum(p.failed for p in parts),
         errors=[e for p in parts for e in p.errors],
         model_version=versions[-1] if versions else None,
         model_changed=any(p.model_changed for p in parts) or len(set(versions)) > 1,
         seconds=sum(p.seconds for p in parts),
     )
+
+
+def _concat(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0)
 
 
 def check_failures(scores: Scores, max_failed_fraction: float, step: int) -> None:

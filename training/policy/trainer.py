@@ -13,7 +13,6 @@ model) is saved at the end.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import random
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from service.client import AsyncRewardClient
 from training.policy import estimators
 from training.policy.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from training.policy.config import PolicyConfig
@@ -45,13 +45,14 @@ from training.policy.prompts import (
 from training.policy.rollout import Group, encode_prompt, sample_groups
 from training.policy.scoring import (
     RewardModelInfo,
+    RewardScorer,
     Scores,
     check_failures,
     check_version,
     merge_scores,
     score_answers,
 )
-from training.policy.update import policy_update
+from training.policy.update import UpdateStats, policy_update
 from training.runlog import JsonlLogger, plot_curves, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,14 @@ def step_prompts(prompts: Sequence[Prompt], step: int, per_step: int, seed: int)
     return picked
 
 
-async def collect(policy: Policy, client: Any, prompts: Sequence[Prompt], config: PolicyConfig) -> Collected:
+async def collect(
+    policy: Policy, client: RewardScorer, prompts: Sequence[Prompt], config: PolicyConfig
+) -> Collected:
     """Generate the next chunk of prompts (worker thread) while the previous chunk is scored (event loop).
 
-    A chunk is ``generation_batch_prompts`` prompts decoded together; with the defaults a step's 4
-    prompts are one chunk, and scoring (~0.2 s) waits for the end of generation.
+    A chunk is ``generation_batch_prompts`` prompts decoded together; with the defaults a step's
+    prompts are one chunk, so scoring waits for the end of generation: decoding together saves far
+    more than the overlap did (README, "Policy optimisation": "Prompts decoded together").
     """
     groups: list[Group] = []
     tasks: list[asyncio.Task[Scores]] = []
@@ -139,30 +143,23 @@ def _with_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
 
-async def _close(client: Any) -> None:
-    closer = getattr(client, "aclose", None) or client.close
-    result = closer()
-    if inspect.isawaitable(result):
-        await result
-
-
-def train(config: PolicyConfig, policy: Policy | None = None, client: Any = None) -> dict[str, Any]:
+def train(
+    config: PolicyConfig, policy: Policy | None = None, client: RewardScorer | None = None
+) -> dict[str, Any]:
     """Run the whole job (blocking); returns the summary also written to ``out/summary.json``."""
     return asyncio.run(train_async(config, policy, client))
 
 
 async def train_async(
-    config: PolicyConfig, policy: Policy | None = None, client: Any = None
+    config: PolicyConfig, policy: Policy | None = None, client: RewardScorer | None = None
 ) -> dict[str, Any]:
     """The job inside a running event loop; a client passed in is used as is and not closed."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    own_client = client is None
+    own_client: AsyncRewardClient | None = None
     if client is None:
-        from service.client import AsyncRewardClient
-
-        client = AsyncRewardClient(
+        client = own_client = AsyncRewardClient(
             config.service_urls,
             api_key=config.api_key,
             timeout=config.request_timeout,
@@ -179,46 +176,35 @@ async def train_async(
             "prompts: %d for training, %d held out for evaluation, %d skipped (> %d tokens)",
             len(sets.train), len(sets.eval), sets.skipped_too_long, config.max_prompt_tokens,
         )  # fmt: skip
-        return await _run(config, policy, client, info, sets, out)
+        return await _run(Job(config, policy, client, info, sets, out))
     finally:
-        if own_client:
-            await _close(client)
+        if own_client is not None:
+            await own_client.aclose()
 
 
-async def _run(
-    config: PolicyConfig, policy: Policy, client: Any, info: RewardModelInfo, sets: PromptSets, out: Path
-) -> dict[str, Any]:
+@dataclass
+class Job:
+    """What every part of a run reads: its settings, the policy, the reward service, the prompts."""
+
+    config: PolicyConfig
+    policy: Policy
+    client: RewardScorer
+    info: RewardModelInfo  # the reward model the service served when the run started
+    sets: PromptSets
+    out: Path
+
+
+async def _run(job: Job) -> dict[str, Any]:
+    """Evaluate, train ``config.steps`` steps (checkpointing), evaluate again, save and summarise."""
+    config, policy = job.config, job.policy
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    state = TrainState(0, None, info.name, info.version, config.kl_coef)
-    if config.resume:
-        state = load_checkpoint(out / "checkpoint", policy, optimizer, config)
-        if state.rm_version != info.version and not config.allow_model_change:
-            raise RewardModelChanged(
-                f"the checkpoint was trained against RM version {state.rm_version}, the service now serves "
-                f"{info.version}; pass --allow-model-change to continue anyway"
-            )
-        state.rm_version = info.version
-    config.save(out / "config.json")
-    logger = JsonlLogger(out / "metrics.jsonl", keep_until_step=state.step if config.resume else None)
+    state = _start_state(job, optimizer)
+    config.save(job.out / "config.json")
+    logger = JsonlLogger(job.out / "metrics.jsonl", keep_until_step=state.step if config.resume else None)
 
-    async def run_eval(name: str, greedy: bool = False) -> EvalResult | None:
-        if config.skip_eval or not sets.eval or (greedy and not config.eval_greedy):
-            return None
-        name = f"{name}_greedy" if greedy else name
-        cached = out / f"eval_{name}.json"
-        if name.startswith("before") and config.resume and cached.is_file():
-            return EvalResult(**json.loads(cached.read_text(encoding="utf-8")))
-        result = await evaluate(
-            policy, client, sets.eval, config.eval_samples, config.max_new_tokens, config.temperature,
-            config.top_p, config.seed, info.score_mean, info.score_std, out / f"eval_{name}_samples.jsonl",
-            threads=config.gen_threads, greedy=greedy, batch_prompts=config.generation_batch_prompts,
-        )  # fmt: skip
-        cached.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
-        return result
-
-    before, before_greedy = await run_eval("before"), await run_eval("before", greedy=True)
+    before, before_greedy = await _evaluate(job, "before"), await _evaluate(job, "before", greedy=True)
     progress = tqdm(
         range(state.step + 1, config.steps + 1),
         desc="policy",
@@ -227,85 +213,135 @@ async def _run(
         total=config.steps,
     )
     for step in progress:
-        t_step = time.perf_counter()
-        # 1. sample groups, scoring each while the next one is generated
-        collected = await collect(
-            policy, client, step_prompts(sets.train, step, config.prompts_per_step, config.seed), config
-        )
-        scores = collected.scores
-        # 2. stop rules: too many failed rewards, a different reward model
-        check_failures(scores, config.max_failed_fraction, step)
-        state.rm_version = check_version(state.rm_version, scores, config.allow_model_change, step)
-        # 3. policy-gradient update (failed rewards are NaN and get masked inside)
-        seq_rewards = torch.tensor(scores.rewards, dtype=torch.float32)
-        if config.estimator == "baseline":
-            if config.baseline == "batch_mean":
-                state.baseline_value = estimators.batch_mean_baseline(seq_rewards)
-            else:
-                state.baseline_value = estimators.moving_average_baseline(
-                    state.baseline_value, seq_rewards, config.baseline_momentum
-                )
-        kl_coef = state.kl_coef
-        t0 = time.perf_counter()
-        stats = await asyncio.to_thread(
-            _with_threads, config.train_threads, policy_update,
-            policy, optimizer, collected.groups, seq_rewards, config, state.baseline_value, kl_coef,
-        )  # fmt: skip
-        update_seconds = time.perf_counter() - t0
-        step_seconds = time.perf_counter() - t_step
-        # 4. log
-        ok = np.isfinite(scores.rewards)
-        lengths = torch.cat([g.lengths for g in collected.groups]).float()
-        record = {
-            "step": step,
-            "reward_mean": float(scores.rewards[ok].mean()) if ok.any() else None,
-            "reward_std": float(scores.rewards[ok].std()) if ok.any() else None,
-            "raw_reward_mean": float(scores.raw[ok].mean()) if ok.any() else None,
-            "kl": stats.kl,
-            "kl_per_token": stats.kl_per_token,
-            "kl_coef": kl_coef,
-            "entropy": stats.entropy,
-            "answer_length": float(lengths.mean()),
-            "eos_fraction": float(torch.cat([g.finished for g in collected.groups]).float().mean()),
-            "failed_rewards": scores.failed,
-            "usable_answers": stats.usable,
-            "loss": stats.loss,
-            "grad_norm": stats.grad_norm,
-            "clip_fraction": stats.clip_fraction,
-            "adv_std": stats.adv_std,
-            "baseline": state.baseline_value,
-            "gen_seconds": collected.gen_seconds,
-            "score_seconds": scores.seconds,
-            "score_wait_seconds": collected.score_wait_seconds,
-            "update_seconds": update_seconds,
-            "step_seconds": step_seconds,
-            # request wall time (partly hidden behind generation) over the step: an upper bound
-            "scoring_share": scores.seconds / step_seconds,
-            "rm_version": state.rm_version,
-        }
+        record = await _train_step(job, step, optimizer, state)
         logger.log(record)
-        if config.kl_target is not None:
-            state.kl_coef = adapted_kl_coef(kl_coef, stats.kl, config.kl_target, config.kl_adapt_rate)
-        progress.set_postfix(reward=f"{record['reward_mean'] or float('nan'):.3f}", kl=f"{stats.kl:.3f}")
+        progress.set_postfix(reward=f"{record['reward_mean'] or float('nan'):.3f}", kl=f"{record['kl']:.3f}")
         state.step = step
         if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(out / "checkpoint", policy, optimizer, state, config)
+            save_checkpoint(job.out / "checkpoint", policy, optimizer, state, config)
     progress.close()
-    after, after_greedy = await run_eval("after"), await run_eval("after", greedy=True)
+    after, after_greedy = await _evaluate(job, "after"), await _evaluate(job, "after", greedy=True)
     greedy = (before_greedy, after_greedy) if before_greedy and after_greedy else None
-    return _finish(config, policy, out, info, before, after, sets, greedy)
+    return _finish(job, before, after, greedy)
+
+
+def _start_state(job: Job, optimizer: torch.optim.Optimizer) -> TrainState:
+    """A fresh state, or the checkpoint's (weights and optimizer restored in place) on --resume."""
+    config, info = job.config, job.info
+    if not config.resume:
+        return TrainState(0, None, info.name, info.version, config.kl_coef)
+    state = load_checkpoint(job.out / "checkpoint", job.policy, optimizer, config)
+    if state.rm_version != info.version and not config.allow_model_change:
+        raise RewardModelChanged(
+            f"the checkpoint was trained against RM version {state.rm_version}, the service now serves "
+            f"{info.version}; pass --allow-model-change to continue anyway"
+        )
+    state.rm_version = info.version
+    return state
+
+
+async def _evaluate(job: Job, name: str, greedy: bool = False) -> EvalResult | None:
+    """The held-out evaluation named ``name`` (None when switched off); a resumed run reuses "before"."""
+    config = job.config
+    if config.skip_eval or not job.sets.eval or (greedy and not config.eval_greedy):
+        return None
+    name = f"{name}_greedy" if greedy else name
+    cached = job.out / f"eval_{name}.json"
+    if name.startswith("before") and config.resume and cached.is_file():
+        return EvalResult(**json.loads(cached.read_text(encoding="utf-8")))
+    result = await evaluate(
+        job.policy, job.client, job.sets.eval, config.eval_samples, config.max_new_tokens, config.temperature,
+        config.top_p, config.seed, job.info.score_mean, job.info.score_std,
+        job.out / f"eval_{name}_samples.jsonl",
+        threads=config.gen_threads, greedy=greedy, batch_prompts=config.generation_batch_prompts,
+    )  # fmt: skip
+    cached.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    return result
+
+
+async def _train_step(
+    job: Job, step: int, optimizer: torch.optim.Optimizer, state: TrainState
+) -> dict[str, Any]:
+    """One policy-gradient step; updates ``state`` and returns the step's metrics record."""
+    config, policy = job.config, job.policy
+    t_step = time.perf_counter()
+    # 1. sample groups, scoring each while the next one is generated
+    prompts = step_prompts(job.sets.train, step, config.prompts_per_step, config.seed)
+    collected = await collect(policy, job.client, prompts, config)
+    scores = collected.scores
+    # 2. stop rules: too many failed rewards, a different reward model
+    check_failures(scores, config.max_failed_fraction, step)
+    state.rm_version = check_version(state.rm_version, scores, config.allow_model_change, step)
+    # 3. policy-gradient update (failed rewards are NaN and get masked inside)
+    seq_rewards = torch.tensor(scores.rewards, dtype=torch.float32)  # [B]
+    if config.estimator == "baseline":
+        state.baseline_value = estimators.constant_baseline(
+            config.baseline, state.baseline_value, seq_rewards, config.baseline_momentum
+        )
+    kl_coef = state.kl_coef
+    t0 = time.perf_counter()
+    stats = await asyncio.to_thread(
+        _with_threads, config.train_threads, policy_update,
+        policy, optimizer, collected.groups, seq_rewards, config, state.baseline_value, kl_coef,
+    )  # fmt: skip
+    update_seconds = time.perf_counter() - t0
+    step_seconds = time.perf_counter() - t_step
+    # 4. the adaptive KL controller sets the next step's beta from this step's KL
+    if config.kl_target is not None:
+        state.kl_coef = adapted_kl_coef(kl_coef, stats.kl, config.kl_target, config.kl_adapt_rate)
+    return _step_record(step, collected, stats, state, kl_coef, update_seconds, step_seconds)
+
+
+def _step_record(
+    step: int,
+    collected: Collected,
+    stats: UpdateStats,
+    state: TrainState,
+    kl_coef: float,
+    update_seconds: float,
+    step_seconds: float,
+) -> dict[str, Any]:
+    """One metrics.jsonl line: rewards, KL, entropy, answer length, and where the step's time went."""
+    scores = collected.scores
+    ok = np.isfinite(scores.rewards)
+    lengths = torch.cat([g.lengths for g in collected.groups]).float()
+    return {
+        "step": step,
+        "reward_mean": float(scores.rewards[ok].mean()) if ok.any() else None,
+        "reward_std": float(scores.rewards[ok].std()) if ok.any() else None,
+        "raw_reward_mean": float(scores.raw[ok].mean()) if ok.any() else None,
+        "kl": stats.kl,
+        "kl_per_token": stats.kl_per_token,
+        "kl_coef": kl_coef,
+        "entropy": stats.entropy,
+        "answer_length": float(lengths.mean()),
+        "eos_fraction": float(torch.cat([g.finished for g in collected.groups]).float().mean()),
+        "failed_rewards": scores.failed,
+        "usable_answers": stats.usable,
+        "loss": stats.loss,
+        "grad_norm": stats.grad_norm,
+        "clip_fraction": stats.clip_fraction,
+        "adv_std": stats.adv_std,
+        "baseline": state.baseline_value,
+        "gen_seconds": collected.gen_seconds,
+        "score_seconds": scores.seconds,
+        "score_wait_seconds": collected.score_wait_seconds,
+        "update_seconds": update_seconds,
+        "step_seconds": step_seconds,
+        # request wall time (partly hidden behind generation) over the step: an upper bound
+        "scoring_share": scores.seconds / step_seconds,
+        "rm_version": state.rm_version,
+    }
 
 
 def _finish(
-    config: PolicyConfig,
-    policy: Policy,
-    out: Path,
-    info: RewardModelInfo,
+    job: Job,
     before: EvalResult | None,
     after: EvalResult | None,
-    sets: PromptSets,
     greedy: tuple[EvalResult, EvalResult] | None = None,
 ) -> dict[str, Any]:
+    """Plot, save the adapter (and the merged model), write and return OUT/summary.json."""
+    config, policy, out, info, sets = job.config, job.policy, job.out, job.info, job.sets
     records = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
     plot = None
     if records:

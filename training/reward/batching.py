@@ -6,12 +6,13 @@
 
 Why: hh-rlhf pairs range from 20 to 1,000+ tokens. Random batches pad every sequence to the
 longest of its batch-mates, so most of a CPU's time goes into padding; sorting pairs by length
-before cutting batches (and shuffling the batches, not the pairs) wastes far less. A pair's
-chosen and rejected sequences go into the same forward pass (rows [0, B) and [B, 2B)), which
-is what the pairwise loss compares.
+before cutting batches (and shuffling the batches, not the pairs) wastes far less (`rlhf bench
+train` counts both; README, "Reward model training"). A pair's chosen and rejected sequences go
+into the same forward pass (rows [0, B) and [B, 2B)), which is what the pairwise loss compares.
 
-Encoding goes only through :class:`service.encoding.PairEncoder`, so training sees exactly the ids the
-service will compute for the same text. torch-free (numpy), so the benchmark can count padding too.
+Encoding goes only through :class:`service.encoding.PairEncoder` (:func:`encode_pairs`, also used by
+the export gate, `rlhf eval` and the benchmarks), so training sees exactly the ids the service will
+compute for the same text. torch-free (numpy).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from training.reward.data import PreferencePair
 def encode_pairs(
     encoder: PairEncoder, pairs: Sequence[PreferencePair]
 ) -> tuple[list[EncodedPair], list[EncodedPair]]:
-    """(chosen, rejected) encodings, index-aligned with ``pairs``."""
+    """(chosen, rejected) encodings, index-aligned with ``pairs`` (the service's encoder, batched)."""
     questions = [p.question for p in pairs]
     chosen = encoder.encode(questions, [p.chosen for p in pairs])
     rejected = encoder.encode(questions, [p.rejected for p in pairs])
@@ -59,27 +60,9 @@ def length_grouped_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def random_batches(n: int, batch_size: int, seed: int, epoch: int = 0) -> list[list[int]]:
-    """Plain shuffled batches (what a default DataLoader / TRL does): the benchmark's reference."""
-    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
-    return [order[k : k + batch_size] for k in range(0, n, batch_size)]
-
-
 def collate(
     chosen: Sequence[EncodedPair], rejected: Sequence[EncodedPair], indices: Sequence[int], pad_token_id: int
 ) -> dict[str, np.ndarray]:
     """One forward's inputs: rows [0, B) are the chosen sequences, rows [B, 2B) the rejected ones."""
     rows = [chosen[i] for i in indices] + [rejected[i] for i in indices]
     return pad_batch(rows, pad_token_id)  # each value: int64 [2B, longest of the 2B sequences]
-
-
-def padding_stats(
-    batches: Sequence[Sequence[int]], lengths_chosen: Sequence[int], lengths_rejected: Sequence[int]
-) -> dict[str, int]:
-    """Token counts of one pass over ``batches``, both sides padded together to one width per batch."""
-    real = padded = 0
-    for batch in batches:
-        seqs = [lengths_chosen[i] for i in batch] + [lengths_rejected[i] for i in batch]
-        real += sum(seqs)
-        padded += len(seqs) * max(seqs)
-    return {"real_tokens": real, "padded_tokens": padded, "pad_tokens": padded - real}

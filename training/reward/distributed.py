@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from training.devices import DeviceError, resolve_device
 from training.reward.config import ConfigError
 
 
@@ -33,15 +34,14 @@ def setup_distributed(device: str) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} asks for CUDA but torch sees no GPU (use cpu or auto)")
-    if use_cuda:
-        index = int(device.split(":")[1]) if ":" in device else local_rank
-        torch.cuda.set_device(index)
-        resolved = torch.device("cuda", index)
-    else:
-        resolved = torch.device("cpu")
+    try:
+        resolved = resolve_device(device)
+    except DeviceError as err:
+        raise ConfigError(str(err)) from err
+    use_cuda = resolved.type == "cuda"
+    if use_cuda:  # one process per GPU: without an index, each process takes its LOCAL_RANK's GPU
+        resolved = torch.device("cuda", local_rank if resolved.index is None else resolved.index)
+        torch.cuda.set_device(resolved)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return DistEnv(rank, world, resolved)

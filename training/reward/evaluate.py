@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from service.bundle import Precision, load_bundle
-from service.encoding import EncodedPair, PairEncoder
+from service.encoding import EncodedPair
 from service.onnx_scoring import make_session, score_encoded
+from training.reward.batching import encode_pairs
 from training.reward.data import PreferencePair, load_pairs
 
 
@@ -79,16 +80,6 @@ def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
     if len(chosen) == 0:
         raise ValueError("pairwise accuracy of zero pairs is undefined")
     return float(np.mean(chosen > rejected))
-
-
-def encode_pair_sides(
-    encoder: PairEncoder, pairs: Sequence[PreferencePair]
-) -> tuple[list[EncodedPair], list[EncodedPair]]:
-    """(chosen, rejected) encodings, index-aligned with ``pairs`` (the service's encoder, batched)."""
-    questions = [p.question for p in pairs]
-    return encoder.encode(questions, [p.chosen for p in pairs]), encoder.encode(
-        questions, [p.rejected for p in pairs]
-    )
 
 
 def score_pair_sides(
@@ -151,7 +142,7 @@ def evaluate_bundle(
     report = load_pairs(data)
     pairs = report.pairs[:limit] if limit > 0 else report.pairs
     encoder = bundle.encoder()
-    chosen, rejected = encode_pair_sides(encoder, pairs)
+    chosen, rejected = encode_pairs(encoder, pairs)
     session = make_session(model_path, threads)
     r_c, r_r = score_pair_sides(
         session, bundle.manifest.input_names, chosen, rejected, encoder.pad_token_id, batch_size

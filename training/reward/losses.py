@@ -1,12 +1,28 @@
-"""The pairwise (Bradley-Terry) reward loss and the metrics computed next to it.
+"""The reward losses: pairwise (Bradley-Terry), and the multi-head loss of ODIN and the head ensemble.
 
     loss, metrics = pairwise_loss(r_chosen, r_rejected, margin=0.0, center_coef=0.01)
+    loss, metrics = multi_head_loss(logits, lengths, quality_heads=5, length_head=True,
+                                    pair_weights=w, center_coef=0.01, length_coef=1.0,
+                                    ortho_coef=1.0, head_weight=classifier.weight)
 
-loss = -logsigmoid(r_c - r_r - margin).mean() + center_coef * mean((r_c + r_r)^2)
+pairwise: loss = -logsigmoid(r_c - r_r - margin).mean() + center_coef * mean((r_c + r_r)^2)
 
 The centering term (TRL's ``center_rewards_coefficient``) pins the score scale near zero, which the
-bundle's score mean/std and the service's normalised scores rely on. A pure function: no model, no
-state, so it is tested against hand-computed values.
+bundle's score mean/std and the service's normalised scores rely on.
+
+multi-head (heads.py has the column layout; with one quality head and no length head it *is* the
+pairwise loss, bit for bit). Each quality head q_i is ranked through r_i = q_i + l, where l is the
+length head (0 without one), on its own bootstrap weights; then, with a length head (ODIN, Chen et
+al. 2024, "Disentangled Reward Mitigates Hacking in RLHF"):
+
+    + length_coef * (mean_i |rho(q_i, L)| - rho(l, L))      rho = Pearson within the batch,
+                                                             L = answer tokens of the 2B sequences
+    + ortho_coef * mean_i |cos(w_i, w_l)|                    the classifier rows of the heads
+
+The ranking loss lets the sum use length as the data supports it; the correlation term pushes that
+signal into l and out of every q_i; the orthogonality term keeps their weight vectors apart, so the
+quality heads (the served score) cannot read the length direction of the pooled features.
+Pure functions: no model, no state, so they are tested against hand-computed values.
 """
 
 from __future__ import annotations
@@ -20,17 +36,23 @@ def pairwise_loss(
     r_rejected: torch.Tensor,
     margin: float | torch.Tensor | None = None,
     center_coef: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Scalar loss and {"loss", "accuracy", "margin"} for rewards of shape [batch].
 
-    ``margin`` may be a float or a per-pair tensor [batch]. Accuracy counts ties as wrong (a model
-    that scores everything equal has accuracy 0, not 0.5); "margin" is mean(r_c - r_r).
+    ``margin`` may be a float or a per-pair tensor [batch]. ``weights`` [batch] scale each pair's
+    term (a bootstrap count; the sum is still divided by the batch size). Accuracy counts ties as
+    wrong (a model that scores everything equal has accuracy 0, not 0.5); "margin" is mean(r_c - r_r).
     """
     assert r_chosen.shape == r_rejected.shape, f"shape mismatch {r_chosen.shape} vs {r_rejected.shape}"
     assert r_chosen.dim() == 1, f"expected rewards of shape [batch], got {tuple(r_chosen.shape)}"
     diff = r_chosen - r_rejected  # [batch]
     shifted = diff - margin if margin is not None else diff
-    loss = -F.logsigmoid(shifted).mean()
+    if weights is None:
+        loss = -F.logsigmoid(shifted).mean()
+    else:
+        assert weights.shape == diff.shape, f"weights {tuple(weights.shape)} vs rewards {tuple(diff.shape)}"
+        loss = -(weights * F.logsigmoid(shifted)).mean()
     if center_coef:
         loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
     with torch.no_grad():
@@ -40,3 +62,109 @@ def pairwise_loss(
             "margin": float(diff.mean()),
         }
     return loss, metrics
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Pearson correlation of two [n] tensors, differentiable; 0 when either is constant."""
+    assert x.shape == y.shape and x.dim() == 1, f"expected two [n] tensors, got {x.shape} and {y.shape}"
+    xc, yc = x - x.mean(), y - y.mean()  # [n]
+    return (xc * yc).sum() / torch.sqrt((xc * xc).sum() * (yc * yc).sum() + eps)
+
+
+def length_decorrelation(
+    quality: torch.Tensor, length_score: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """mean_i |rho(quality[:, i], L)| - rho(length_score, L) for quality [n, M], length_score [n], L [n].
+
+    Metrics: "rho_quality" = rho(mean of the quality heads, L) (the served score, signed) and
+    "rho_length" = rho(length_score, L)."""
+    assert quality.dim() == 2 and quality.shape[0] == length_score.shape[0] == lengths.shape[0], (
+        f"expected quality [n, M], length_score [n], lengths [n]; got {tuple(quality.shape)}, "
+        f"{tuple(length_score.shape)}, {tuple(lengths.shape)}"
+    )
+    L = lengths.to(quality.dtype)
+    rho_heads = torch.stack([pearson(quality[:, i], L) for i in range(quality.shape[1])])  # [M]
+    rho_length = pearson(length_score, L)
+    term = rho_heads.abs().mean() - rho_length
+    with torch.no_grad():
+        metrics = {"rho_quality": float(pearson(quality.mean(dim=1), L)), "rho_length": float(rho_length)}
+    return term, metrics
+
+
+def orthogonality(w_quality: torch.Tensor, w_length: torch.Tensor) -> torch.Tensor:
+    """mean_i |cos(w_quality[i], w_length)| for classifier rows w_quality [M, H] and w_length [H]."""
+    assert w_quality.dim() == 2 and w_quality.shape[1] == w_length.shape[0], (
+        f"expected w_quality [M, H] and w_length [H]; got {tuple(w_quality.shape)}, {tuple(w_length.shape)}"
+    )
+    cos = F.cosine_similarity(w_quality, w_length.unsqueeze(0).expand_as(w_quality), dim=1)  # [M]
+    return cos.abs().mean()
+
+
+def multi_head_loss(
+    logits: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    quality_heads: int = 1,
+    length_head: bool = False,
+    pair_weights: torch.Tensor | None = None,
+    margin: float | torch.Tensor | None = None,
+    center_coef: float = 0.0,
+    length_coef: float = 0.0,
+    ortho_coef: float = 0.0,
+    head_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of logits [2B, M (+1)]: rows [0, B) chosen, [B, 2B) rejected (batching.py).
+
+    ``lengths`` [2B] answer tokens (needed with a length head), ``pair_weights`` [B, M] bootstrap
+    weights (None = 1), ``head_weight`` [M (+1), H] the classifier's weight (needed for ortho_coef).
+    Metrics: "loss"; "accuracy" and "margin" of the served score (mean of the quality heads);
+    "rank_loss"; with a length head "length_term", "rho_quality", "rho_length" and "ortho"."""
+    M = quality_heads
+    n, columns = logits.shape
+    assert columns == M + int(length_head), f"logits have {columns} columns, expected {M + int(length_head)}"
+    assert n % 2 == 0, f"expected 2B rows (chosen then rejected), got {n}"
+    B = n // 2
+    if M == 1 and not length_head and pair_weights is None:  # today's model: exactly the pairwise loss
+        return pairwise_loss(logits[:B, 0], logits[B:, 0], margin, center_coef)
+
+    quality = logits[:, :M]  # [2B, M]
+    length_score = logits[:, M] if length_head else None  # [2B]
+    ranked = quality + length_score.unsqueeze(1) if length_score is not None else quality  # [2B, M]
+    rank = torch.stack(
+        [
+            pairwise_loss(ranked[:B, i], ranked[B:, i], margin, 0.0, _column(pair_weights, i))[0]
+            for i in range(M)
+        ]
+    ).mean()
+    loss = rank
+    if center_coef:
+        pair_sums = logits[:B] + logits[B:]  # [B, columns]: every head is centred on its own
+        center = (pair_sums[:, :M] ** 2).mean()
+        if length_head:
+            center = center + (pair_sums[:, M] ** 2).mean()
+        loss = loss + center_coef * center
+    served = quality.mean(dim=1)  # [2B]
+    with torch.no_grad():
+        diff = served[:B] - served[B:]
+        metrics = {
+            "rank_loss": float(rank.detach()),
+            "accuracy": float((diff > 0).float().mean()),
+            "margin": float(diff.mean()),
+        }
+    if length_score is not None:
+        assert lengths is not None and lengths.shape == (n,), "a length head needs lengths [2B]"
+        term, rho = length_decorrelation(quality, length_score, lengths)
+        metrics |= {"length_term": float(term.detach()), **rho}
+        if length_coef:
+            loss = loss + length_coef * term
+        if ortho_coef:
+            assert head_weight is not None, "ortho_coef needs the classifier weight [M + 1, H]"
+            ortho = orthogonality(head_weight[:M], head_weight[M])
+            loss = loss + ortho_coef * ortho
+            metrics["ortho"] = float(ortho.detach())
+    metrics["loss"] = float(loss.detach())
+    return loss, metrics
+
+
+def _column(weights: torch.Tensor | None, i: int) -> torch.Tensor | None:
+    return None if weights is None else weights[:, i]

@@ -1,7 +1,9 @@
-"""The reward model: a base transformer whose last layer is replaced by a one-scalar head.
+"""The reward model: a base transformer whose last layer is replaced by scalar heads.
 
-`AutoModelForSequenceClassification(num_labels=1)` is exactly that replacement for every architecture
-transformers knows, and it saves/loads (safetensors) and exports to ONNX without custom code.
+`AutoModelForSequenceClassification(num_labels=K)` is exactly that replacement for every architecture
+transformers knows, and it saves/loads (safetensors) and exports to ONNX without custom code. K = 1
+is the plain reward model; more columns are quality heads and a length head (see heads.py), whose
+layout is stored in the model's config.json.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from service.encoding import PairEncoder, pad_batch
+from training.reward.heads import CONFIG_KEY, HeadLayout
 
 
 def default_base_model() -> str:
@@ -40,12 +43,53 @@ def tokenizer_json_path(name_or_path: str) -> Path:
     return cache / "tokenizer.json"
 
 
-def load_reward_model(name_or_path: str) -> PreTrainedModel:
-    """Base model (local dir or hub name) with a fresh scalar head, or a trained reward checkpoint."""
-    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
+def load_reward_model(name_or_path: str, layout: HeadLayout | None = None) -> PreTrainedModel:
+    """Base model (local dir or hub name) with fresh heads, or a trained reward checkpoint.
+
+    ``layout`` None = the layout stored in the checkpoint (one scalar head when none is stored, as
+    for a base model or a model trained before heads existed). Given, it is stored in the config."""
+    from transformers import AutoConfig
+
+    if layout is None:
+        layout = HeadLayout.of_config(AutoConfig.from_pretrained(name_or_path))
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=layout.num_labels)
+    if not layout.is_plain:
+        setattr(model.config, CONFIG_KEY, layout.to_dict())
     if model.config.pad_token_id is None:
         model.config.pad_token_id = 0
     return model
+
+
+def layout_of(model: PreTrainedModel) -> HeadLayout:
+    return HeadLayout.of_config(model.config)
+
+
+def head_weight(model: PreTrainedModel) -> torch.Tensor:
+    """The classifier's weight [K, H]: the last linear layer with one output per label.
+
+    BERT calls it ``classifier``, Llama/GPT-2 ``score``, RoBERTa/DeBERTa ``classifier.out_proj``;
+    finding it by shape works for all of them."""
+    labels = int(model.config.num_labels)
+    found = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == labels]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no linear layer with {labels} outputs (its heads)")
+    return found[-1].weight
+
+
+def head_outputs(logits: torch.Tensor, layout: HeadLayout) -> dict[str, torch.Tensor]:
+    """Logits [b, K] → the graph outputs {"score", "uncertainty"?, "length_score"?}, each [b].
+
+    score = mean of the quality heads; uncertainty = their population std (written out, not
+    ``torch.std``, so the ONNX graph is plain arithmetic the int8 quantiser leaves in fp32)."""
+    quality = logits[:, : layout.quality_heads]  # [b, M]
+    score = quality.mean(dim=1) if layout.quality_heads > 1 else logits[:, 0]  # [b]; M=1: today's graph
+    outputs = {"score": score}
+    if layout.quality_heads > 1:
+        outputs["uncertainty"] = ((quality - score.unsqueeze(1)) ** 2).mean(dim=1).sqrt()  # [b]
+    if layout.length_column is not None:
+        outputs["length_score"] = logits[:, layout.length_column]  # [b]
+    assert tuple(outputs) == layout.output_names, f"{tuple(outputs)} != {layout.output_names}"
+    return outputs
 
 
 def model_inputs(
@@ -72,17 +116,18 @@ def score_pairs(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Scores [n] in input order; batches are length-sorted so padding stays small."""
+    """Served scores [n] (mean of the quality heads) in input order; batches are length-sorted."""
     encoded = encoder.encode(questions, answers)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     names = accepted_input_names(model)
+    layout = layout_of(model)
     scores = np.empty(len(encoded), dtype=np.float64)
     was_training = model.training
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = pad_batch([encoded[i] for i in idx], encoder.pad_token_id)
-        logits = model(**model_inputs(batch, names, device)).logits  # [b, 1]
-        scores[idx] = logits[:, 0].double().cpu().numpy()
+        logits = model(**model_inputs(batch, names, device)).logits  # [b, K]
+        scores[idx] = head_outputs(logits, layout)["score"].double().cpu().numpy()
     model.train(was_training)
     return scores

@@ -1,9 +1,11 @@
 """Train a scalar-head reward model on preference pairs.
 
-    rlhf train-rm --out runs/rm                           # embedded hh-rlhf pairs, MiniLM, ~10 min on 2 cores
+    rlhf train-rm --out runs/rm                           # embedded hh-rlhf pairs, MiniLM-L6
     rlhf train-rm --out runs/rm --resume                  # continue after a crash or kill
     torchrun --nproc_per_node 4 -m cli.main train-rm --out runs/rm --device cuda  # several GPUs
     accelerate launch --multi_gpu --num_processes 4 -m cli.main train-rm --out runs/rm  # the same
+
+How long the default run takes on 2 CPU cores: README, "Reward model training".
 
 One readable loop in the nanoGPT manner: set-up, then `for step in ...`. Under torchrun /
 accelerate launch every process trains on its own share of the batches (DDP averages gradients);
@@ -36,12 +38,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
 from service.encoding import EncodedPair, PairEncoder, TruncationPolicy
 from training.reward.batching import collate, encode_pairs, length_grouped_batches, pair_lengths
-from training.reward.checkpoint import load_checkpoint, save_checkpoint
+from training.reward.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.reward.config import RewardConfig
-from training.reward.data import load_pairs, split_pairs
+from training.reward.data import LoadReport, PreferencePair, load_pairs, split_pairs
 from training.reward.distributed import DistEnv, setup_distributed
 from training.reward.losses import pairwise_loss
 from training.reward.model import (
@@ -90,6 +93,31 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+@dataclass
+class EncodedData:
+    """The run's pairs, split and encoded once with the serving encoder."""
+
+    report: LoadReport  # where the pairs came from, and what was skipped
+    train_pairs: list[PreferencePair]
+    val_pairs: list[PreferencePair]
+    tokenizer_json: Path  # copied into every checkpoint and OUT/final
+    encoder: PairEncoder
+    chosen: list[EncodedPair]  # index-aligned with train_pairs
+    rejected: list[EncodedPair]
+    lengths: list[int]  # padded width each training pair needs (batching.pair_lengths)
+    per_epoch: int  # batches per process per epoch
+
+
+@dataclass
+class StepResult:
+    """One optimizer step, as logged."""
+
+    epoch: int
+    sums: dict[str, float]  # loss, accuracy, margin: means over the step's micro-batches
+    grad_norm: float
+    tokens: int  # real (unpadded) tokens this process fed the model
+
+
 def train(
     config: RewardConfig,
     out_dir: str | Path,
@@ -101,14 +129,75 @@ def train(
     t_start = time.time()
     out = Path(out_dir)
     env = setup_distributed(config.device)
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(out)
-        config = replace(ckpt.config, device=config.device, num_workers=config.num_workers)
-    elif config.data is not None:
-        config = replace(config, data=str(Path(config.data).resolve()))
+    ckpt = load_checkpoint(out) if resume else None
+    config = _run_config(config, ckpt)
 
     # -- data: load, split, encode once (with the serving encoder) --------------------------------
+    data = _encode_data(config, env.world)
+    total_steps = config.max_steps or max(1, int(config.epochs * data.per_epoch) // config.grad_accum)
+
+    # -- model and optimizer ----------------------------------------------------------------------
+    raw_model, model, optimizer = _model_and_optimizer(config, env, ckpt)
+    input_names = accepted_input_names(raw_model)
+    start_step = ckpt.step if ckpt else 0
+    logger = None
+    if env.is_main:
+        logger = JsonlLogger(out / "metrics.jsonl", keep_until_step=start_step if ckpt else None)
+        if not ckpt:
+            _describe_run(config, data, total_steps)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and env.is_main), desc="train-rm")
+    stream = _micro_batches(config, data, env, start_step * config.grad_accum)
+
+    # -- the loop: one optimizer step per iteration -----------------------------------------------
+    val_metrics: dict[str, float] = {}
+    t_loop, cpu_loop = time.time(), time.process_time()
+    for step in range(start_step, total_steps):
+        t0 = time.time()
+        torch.manual_seed(step_seed(config.seed, step, env.rank))  # dropout masks of this step
+        lr = lr_at(step, total_steps, config)
+        result = _optimizer_step(model, raw_model, optimizer, stream, input_names, config, env, lr)
+        done = step + 1
+
+        # -- bookkeeping (rank 0): metrics, validation, checkpoint --------------------------------
+        if logger is not None:
+            _log_step(logger, bar, done, result, lr, time.time() - t0, env.world)
+        bar.update(1)
+        if logger is not None and _due(config.eval_every, done, total_steps):
+            val_metrics = validate(raw_model, data.encoder, data.val_pairs, config, env.device)
+            logger.log({"step": done, **{f"val_{k}": v for k, v in val_metrics.items()}})
+            plot_run(out)
+        if env.is_main and _due(config.checkpoint_every, done, total_steps):
+            save_checkpoint(
+                out, raw_model, optimizer, config, data.tokenizer_json, done, done * config.grad_accum
+            )
+        if on_step is not None:
+            on_step(done)
+    bar.close()
+    loop_time, loop_cpu = time.time() - t_loop, time.process_time() - cpu_loop
+
+    # -- final model: validation, score statistics, OUT/final ------------------------------------
+    final_dir = out / "final"
+    if logger is not None:
+        timings = {"loop_time_s": loop_time, "loop_cpu_s": loop_cpu}
+        val_metrics = _write_final(out, raw_model, data, config, env, logger, total_steps, t_start, timings)
+    if env.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(out, final_dir, total_steps, val_metrics, time.time() - t_start, loop_time, loop_cpu)
+
+
+def _run_config(config: RewardConfig, ckpt: Checkpoint | None) -> RewardConfig:
+    """A resumed run keeps its saved config (but for this machine's device and workers); a new run
+    records its data path absolute, so `rlhf export` can re-create the split from anywhere."""
+    if ckpt is not None:
+        return replace(ckpt.config, device=config.device, num_workers=config.num_workers)
+    if config.data is not None:
+        return replace(config, data=str(Path(config.data).resolve()))
+    return config
+
+
+def _encode_data(config: RewardConfig, world: int) -> EncodedData:
+    """Load and split the pairs, encode the training split once, count the batches per process."""
     report = load_pairs(config.data)
     train_pairs, val_pairs = split_pairs(report.pairs, config.val_fraction, config.seed)
     tokenizer_json = tokenizer_json_path(config.base_model)
@@ -120,13 +209,17 @@ def train(
     n_batches = len(
         length_grouped_batches(lengths, config.batch_size, config.seed, 0, config.length_group_batches)
     )
-    per_epoch = n_batches // env.world  # batches per process per epoch
-    assert per_epoch >= 1, (
-        f"{len(train_pairs)} training pairs make no batch for each of {env.world} processes"
+    per_epoch = n_batches // world  # batches per process per epoch
+    assert per_epoch >= 1, f"{len(train_pairs)} training pairs make no batch for each of {world} processes"
+    return EncodedData(
+        report, train_pairs, val_pairs, tokenizer_json, encoder, chosen, rejected, lengths, per_epoch
     )
-    total_steps = config.max_steps or max(1, int(config.epochs * per_epoch) // config.grad_accum)
 
-    # -- model and optimizer ----------------------------------------------------------------------
+
+def _model_and_optimizer(
+    config: RewardConfig, env: DistEnv, ckpt: Checkpoint | None
+) -> tuple[PreTrainedModel, torch.nn.Module, torch.optim.Optimizer]:
+    """(the model, the model as trained: DDP-wrapped under several processes, AdamW), restored on resume."""
     torch.manual_seed(config.seed)  # the fresh scalar head's initialisation
     raw_model = load_reward_model(str(ckpt.path) if ckpt else config.base_model)
     raw_model.to(env.device)  # type: ignore[arg-type]  # in place; transformers types .to() oddly
@@ -141,118 +234,100 @@ def train(
     if env.world > 1:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=device_ids)
-    input_names = accepted_input_names(raw_model)
-    start_step = ckpt.step if ckpt else 0
+    return raw_model, model, optimizer
 
-    logger = (
-        JsonlLogger(out / "metrics.jsonl", keep_until_step=start_step if ckpt else None)
-        if env.is_main
-        else None
-    )
-    if env.is_main and not ckpt:
-        _describe_run(config, report, len(train_pairs), len(val_pairs), total_steps, per_epoch)
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and env.is_main), desc="train-rm")
-    stream = _micro_batches(
-        config,
-        chosen,
-        rejected,
-        lengths,
-        env,
-        per_epoch,
-        start_step * config.grad_accum,
-        encoder.pad_token_id,
-    )
-    val_metrics: dict[str, float] = {}
-    t_loop, cpu_loop = time.time(), time.process_time()
-    for step in range(start_step, total_steps):
-        t0 = time.time()
-        torch.manual_seed(step_seed(config.seed, step, env.rank))  # dropout masks of this step
-        lr = lr_at(step, total_steps, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # forward/backward over grad_accum micro-batches; DDP syncs gradients on the last one only
-        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-        tokens = 0
-        for micro in range(config.grad_accum):
-            epoch, batch = next(stream)
-            n_pairs = batch["input_ids"].shape[0] // 2
-            sync = micro == config.grad_accum - 1 or env.world == 1
-            with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
-                rewards = model(**model_inputs(batch, input_names, env.device)).logits[:, 0]  # [2B]
-                loss, metrics = pairwise_loss(
-                    rewards[:n_pairs], rewards[n_pairs:], config.margin or None, config.center_coef
-                )
-                (loss / config.grad_accum).backward()
-            for key in sums:
-                sums[key] += metrics[key] / config.grad_accum
-            tokens += int(batch["attention_mask"].sum())
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.clip_grad or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
 
-        # -- bookkeeping (rank 0): metrics, validation, checkpoint --------------------------------
-        dt = time.time() - t0
-        if logger is not None:
-            logger.log(
-                {
-                    "step": done,
-                    "epoch": epoch,
-                    **sums,
-                    "lr": lr,
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_s": tokens * env.world / dt,
-                    "step_time_s": dt,
-                }
+def _optimizer_step(
+    model: torch.nn.Module,
+    raw_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: Iterator[tuple[int, dict[str, np.ndarray]]],
+    input_names: list[str],
+    config: RewardConfig,
+    env: DistEnv,
+    lr: float,
+) -> StepResult:
+    """Forward/backward over ``grad_accum`` micro-batches, then one clipped AdamW step at ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+    tokens = epoch = 0
+    for micro in range(config.grad_accum):
+        epoch, batch = next(stream)
+        n_pairs = batch["input_ids"].shape[0] // 2
+        sync = micro == config.grad_accum - 1 or env.world == 1  # DDP syncs gradients on the last one only
+        with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
+            rewards = model(**model_inputs(batch, input_names, env.device)).logits[:, 0]  # [2B]
+            loss, metrics = pairwise_loss(
+                rewards[:n_pairs], rewards[n_pairs:], config.margin or None, config.center_coef
             )
-            bar.set_postfix(loss=f"{sums['loss']:.3f}", acc=f"{sums['accuracy']:.2f}", lr=f"{lr:.1e}")
-        bar.update(1)
-        if env.is_main and config.eval_every and done % config.eval_every == 0 and done < total_steps:
-            val_metrics = validate(raw_model, encoder, val_pairs, config, env.device)
-            assert logger is not None
-            logger.log({"step": done, **{f"val_{k}": v for k, v in val_metrics.items()}})
-            plot_run(out)
-        if (
-            env.is_main
-            and config.checkpoint_every
-            and done % config.checkpoint_every == 0
-            and done < total_steps
-        ):
-            save_checkpoint(out, raw_model, optimizer, config, tokenizer_json, done, done * config.grad_accum)
-        if on_step is not None:
-            on_step(done)
-    bar.close()
-    loop_time, loop_cpu = time.time() - t_loop, time.process_time() - cpu_loop
+            (loss / config.grad_accum).backward()
+        for key in sums:
+            sums[key] += metrics[key] / config.grad_accum
+        tokens += int(batch["attention_mask"].sum())
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.clip_grad or float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(epoch, sums, float(grad_norm), tokens)
 
-    # -- final model: validation, score statistics, OUT/final ------------------------------------
-    final_dir = out / "final"
-    if env.is_main:
-        val_metrics = validate(raw_model, encoder, val_pairs, config, env.device)
-        assert logger is not None
-        if val_metrics:
-            logger.log({"step": total_steps, **{f"val_{k}": v for k, v in val_metrics.items()}})
-        stats = score_stats(raw_model, encoder, train_pairs, config, env.device)
-        summary = {
-            **{f"val_{k}": v for k, v in val_metrics.items()},
-            "train_pairs": len(train_pairs),
-            "steps": total_steps,
-            "data": report.source,
-            "skipped": report.skipped,
-            "skipped_reasons": report.skipped_reasons,
-            "wall_time_s": time.time() - t_start,
-            "loop_time_s": loop_time,
-            "loop_cpu_s": loop_cpu,
+
+def _log_step(
+    logger: JsonlLogger, bar: tqdm, done: int, result: StepResult, lr: float, dt: float, world: int
+) -> None:
+    """One metrics.jsonl record per optimizer step, and the progress bar's figures."""
+    logger.log(
+        {
+            "step": done,
+            "epoch": result.epoch,
+            **result.sums,
+            "lr": lr,
+            "grad_norm": result.grad_norm,
+            "tokens_per_s": result.tokens * world / dt,
+            "step_time_s": dt,
         }
-        write_final(final_dir, raw_model, config, tokenizer_json, stats, summary)
-        plot_run(out)
-        if val_metrics:
-            print(
-                f"val accuracy {val_metrics['accuracy']:.3f} on {len(val_pairs)} pairs; model in {final_dir}"
-            )
-    if env.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return TrainResult(out, final_dir, total_steps, val_metrics, time.time() - t_start, loop_time, loop_cpu)
+    )
+    bar.set_postfix(loss=f"{result.sums['loss']:.3f}", acc=f"{result.sums['accuracy']:.2f}", lr=f"{lr:.1e}")
+
+
+def _due(every: int, done: int, total_steps: int) -> bool:
+    """A periodic validation or checkpoint is due after step ``done`` (the last step has its own)."""
+    return bool(every) and done % every == 0 and done < total_steps
+
+
+def _write_final(
+    out: Path,
+    raw_model: PreTrainedModel,
+    data: EncodedData,
+    config: RewardConfig,
+    env: DistEnv,
+    logger: JsonlLogger,
+    total_steps: int,
+    t_start: float,
+    timings: dict[str, float],
+) -> dict[str, float]:
+    """Validate the final model, measure its train-set score mean/std, write OUT/final; rank 0 only."""
+    val_metrics = validate(raw_model, data.encoder, data.val_pairs, config, env.device)
+    if val_metrics:
+        logger.log({"step": total_steps, **{f"val_{k}": v for k, v in val_metrics.items()}})
+    stats = score_stats(raw_model, data.encoder, data.train_pairs, config, env.device)
+    summary = {
+        **{f"val_{k}": v for k, v in val_metrics.items()},
+        "train_pairs": len(data.train_pairs),
+        "steps": total_steps,
+        "data": data.report.source,
+        "skipped": data.report.skipped,
+        "skipped_reasons": data.report.skipped_reasons,
+        "wall_time_s": time.time() - t_start,
+        **timings,
+    }
+    final_dir = out / "final"
+    write_final(final_dir, raw_model, config, data.tokenizer_json, stats, summary)
+    plot_run(out)
+    if val_metrics:
+        print(
+            f"val accuracy {val_metrics['accuracy']:.3f} on {len(data.val_pairs)} pairs; model in {final_dir}"
+        )
+    return val_metrics
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -265,24 +340,17 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def _micro_batches(
-    config: RewardConfig,
-    chosen: list[EncodedPair],
-    rejected: list[EncodedPair],
-    lengths: list[int],
-    env: DistEnv,
-    per_epoch: int,
-    start: int,
-    pad_token_id: int,
+    config: RewardConfig, data: EncodedData, env: DistEnv, start: int
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Endless (epoch, padded batch) stream of this rank, starting at micro-batch ``start``."""
-    epoch, position = divmod(start, per_epoch)
+    epoch, position = divmod(start, data.per_epoch)
     while True:
         batches = length_grouped_batches(
-            lengths, config.batch_size, config.seed, epoch, config.length_group_batches
+            data.lengths, config.batch_size, config.seed, epoch, config.length_group_batches
         )
-        mine = batches[env.rank :: env.world][:per_epoch][position:]  # equal counts keep DDP in step
+        mine = batches[env.rank :: env.world][: data.per_epoch][position:]  # equal counts keep DDP in step
         loader = torch.utils.data.DataLoader(
-            _Collated(chosen, rejected, mine, pad_token_id),
+            _Collated(data.chosen, data.rejected, mine, data.encoder.pad_token_id),
             batch_size=None,
             num_workers=config.num_workers,
             # its own generator: a DataLoader iterator otherwise draws from the global RNG, which
@@ -309,12 +377,11 @@ class _Collated(torch.utils.data.Dataset):
         return collate(self.chosen, self.rejected, self.batches[i], self.pad)
 
 
-def _describe_run(
-    config: RewardConfig, report: Any, n_train: int, n_val: int, total_steps: int, per_epoch: int
-) -> None:
+def _describe_run(config: RewardConfig, data: EncodedData, total_steps: int) -> None:
+    report = data.report
     skipped = f", skipped {report.skipped} {report.skipped_reasons}" if report.skipped else ""
-    print(f"data {report.source}: {n_train} train / {n_val} val pairs{skipped}")
+    print(f"data {report.source}: {len(data.train_pairs)} train / {len(data.val_pairs)} val pairs{skipped}")
     print(
-        f"{total_steps} steps ({per_epoch} batches of {config.batch_size} pairs per epoch), "
+        f"{total_steps} steps ({data.per_epoch} batches of {config.batch_size} pairs per epoch), "
         f"max_length {config.max_length}, lr {config.lr}"
     )

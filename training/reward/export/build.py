@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,11 @@ import numpy as np
 from service.bundle import MODEL_FILES, TOKENIZER_NAME, Manifest, load_bundle, utc_now, write_manifest
 from service.encoding import EncodedPair, PairEncoder, TruncationPolicy, pad_batch
 from service.onnx_scoring import length_sorted_batches, make_session, score_encoded
+from training.reward.batching import encode_pairs
 from training.reward.config import CONFIG_NAME, ConfigError, RewardConfig
 from training.reward.data import DataError, PreferencePair, load_run_split
-from training.reward.evaluate import encode_pair_sides, pairwise_accuracy
+from training.reward.evaluate import pairwise_accuracy
+from training.reward.export.config import ExportConfig
 from training.reward.export.gate import (
     ExportError,
     RunDirError,
@@ -50,47 +52,11 @@ from training.reward.export.gate import (
     int8_accuracy_failure,
 )
 from training.reward.export.onnx_graph import export_onnx, torch_scores
-from training.reward.export.quantize import DEFAULT_RECIPES, QuantRecipe, quantize_int8
+from training.reward.export.quantize import quantize_int8
 from training.reward.model import accepted_input_names, load_reward_model
 
 log = logging.getLogger(__name__)
 SCORE_STATS_NAME = "score_stats.json"
-
-
-@dataclass
-class ExportConfig:
-    """Knobs of `rlhf export`; saved into the manifest as ``export_config``."""
-
-    name: str | None = None  # bundle name; None = the run directory's name
-    version: str | None = None  # None = UTC time of the export, e.g. 20260101-120000
-    # evaluation pairs from the run's validation split; 0 = all of it (200 for the default run)
-    eval_pairs: int = 0
-    # training-split pairs whose two answers calibrate int8 activation ranges; 128 pairs = 256 sequences
-    calibration_pairs: int = 128
-    int8: bool = True  # False = fp32-only bundle
-    # int8 may lose at most this many points of pairwise accuracy against fp32 on the fidelity pairs
-    max_int8_drop: float = 1.0
-    # pairs on which int8 accuracy is compared with fp32: the evaluation pairs plus training pairs
-    # not used for calibration, up to this many in all. Why more than the validation split: on 200
-    # pairs one point is two pairs, so the gate would flip on noise (measured: the same graph recipe
-    # read 1.5 points below fp32 on 200 pairs). The drop is a fidelity check of the quantised graph
-    # against its own fp32 graph, so training pairs measure it as well as unseen ones. 0 = evaluation
-    # pairs only.
-    fidelity_pairs: int = 1000
-    parity_tolerance: float = 1e-3  # max |ONNX fp32 - PyTorch| on the evaluation pairs
-    batch_tolerance: float = 1e-4  # max |alone - in a mixed batch| for every shipped graph
-    batch_size: int = 32  # sequences per onnxruntime run during the gate
-    threads: int = 2  # onnxruntime intra-op threads
-    opset: int = 17
-    # transformers attention traced into both graphs: "eager" (plain MatMul/Softmax, int8 1.10-1.20x
-    # faster than "sdpa", whose NaN guards cost 23% of the int8 graph; see onnx_export.py) | "sdpa" | "model"
-    attention: str = "eager"
-    overwrite: bool = False  # replace an existing bundle at the target (atomically)
-    # int8 recipes tried in order until one passes (see quantize.DEFAULT_RECIPES)
-    recipes: tuple[QuantRecipe, ...] = DEFAULT_RECIPES
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "recipes": [r.to_dict() for r in self.recipes]}
 
 
 @dataclass
@@ -151,9 +117,19 @@ def export_bundle(
     return ExportResult(out, bundle.manifest, gate)
 
 
-def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write the graphs and tokenizer into ``tmp``; return (manifest fields, gate numbers)."""
-    started = time.perf_counter()
+@dataclass
+class RunInputs:
+    """What the export reads from a finished training run (RUN/final and the run's data split)."""
+
+    train_config: RewardConfig
+    stats: dict[str, float]  # the train-set score mean/std, for the manifest
+    train_pairs: list[PreferencePair]  # calibration and extra fidelity pairs come from here
+    val_pairs: list[PreferencePair]  # the evaluation pairs come from here
+    encoder: PairEncoder  # the run's tokenizer with its truncation policy
+
+
+def read_run(run: Path, final: Path) -> RunInputs:
+    """Load what the export needs from the run; RunDirError names what is missing or unreadable."""
     if not (final / TOKENIZER_NAME).is_file():
         raise RunDirError(f"{final / TOKENIZER_NAME} is missing")
     stats = read_score_stats(final)
@@ -168,16 +144,61 @@ def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dic
         raise RunDirError(
             f"{run}: the run has no validation split (val_fraction 0); the gate needs evaluation pairs"
         )
-    eval_pairs = spread_sample(val_pairs, config.eval_pairs)
-    chosen, rejected = encode_pair_sides(encoder, eval_pairs)
-    encoded = [*chosen, *rejected]  # rows [0, n) chosen, [n, 2n) rejected
-    n = len(eval_pairs)
+    return RunInputs(train_config, stats, train_pairs, val_pairs, encoder)
 
+
+def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the graphs and tokenizer into ``tmp``; return (manifest fields, gate numbers)."""
+    started = time.perf_counter()
+    inputs = read_run(run, final)
+    eval_pairs = spread_sample(inputs.val_pairs, config.eval_pairs)
+    chosen, rejected = encode_pairs(inputs.encoder, eval_pairs)
+    encoded = [*chosen, *rejected]  # rows [0, n) chosen, [n, 2n) rejected
+    pad = inputs.encoder.pad_token_id
+
+    # -- fp32 graph, traced from the PyTorch model ---------------------------------------------------
     model = load_reward_model(str(final)).eval()
     input_names = accepted_input_names(model)
     shutil.copyfile(final / TOKENIZER_NAME, tmp / TOKENIZER_NAME)
     fp32_path = tmp / MODEL_FILES["fp32"]
-    sample = pad_batch(sorted(encoded, key=len)[-2:], encoder.pad_token_id)
+    _export_fp32(model, input_names, pad_batch(sorted(encoded, key=len)[-2:], pad), fp32_path, config)
+
+    # -- fp32 gate: parity with PyTorch and batch independence (hard failures) ----------------------
+    session = make_session(fp32_path, config.threads)
+    fp32 = _gate_fp32(session, model, input_names, encoded, pad, config)
+
+    # -- int8: static quantisation, shipped only when it passes ---------------------------------------
+    int8_info: dict[str, Any] = {"shipped": False, "reason": "disabled (--no-int8)", "method": None}
+    attempts: list[dict[str, Any]] = []
+    if config.int8:
+        calibration, fidelity, fidelity_accuracy_fp32 = _int8_inputs(
+            session, input_names, inputs, chosen, rejected, fp32.scores, config
+        )
+        del session  # only one graph's session in memory at a time
+        int8_info, attempts = _quantize_and_gate(
+            fp32_path, tmp / MODEL_FILES["int8"], calibration, input_names, inputs.encoder, encoded,
+            fidelity, fidelity_accuracy_fp32, config,
+        )  # fmt: skip
+
+    # -- what the manifest records ------------------------------------------------------------------
+    accuracy_int8 = attempts[-1]["accuracy"] if attempts else None
+    fields = _manifest_fields(
+        config, final, inputs, input_names, len(eval_pairs), fp32.accuracy, accuracy_int8, int8_info
+    )
+    gate = {
+        "max_abs_diff_onnx_torch": fp32.max_diff,
+        "batch_diff_fp32": fp32.batch_diff,
+        "batch_diff_int8": attempts[-1]["batch_diff"] if attempts else None,
+        "int8_attempts": attempts,
+        "export_seconds": round(time.perf_counter() - started, 1),
+    }
+    return fields, gate
+
+
+def _export_fp32(
+    model: Any, input_names: list[str], sample: dict[str, np.ndarray], path: Path, config: ExportConfig
+) -> None:
+    """Trace ``model`` on ``sample`` (the two longest evaluation sequences) into the fp32 graph at ``path``."""
     log.info(
         "exporting fp32 ONNX (opset %d, inputs %s, %s attention)",
         config.opset,
@@ -185,73 +206,107 @@ def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dic
         config.attention,
     )
     try:
-        export_onnx(model, input_names, sample, fp32_path, config.opset, config.attention)
+        export_onnx(model, input_names, sample, path, config.opset, config.attention)
     except (ValueError, ImportError) as exc:  # unknown choice, or the model lacks that implementation
         raise ExportError(f"cannot export with {config.attention!r} attention: {exc}") from exc
 
-    # -- fp32 gate: parity with PyTorch and batch independence (hard failures) ----------------------
-    session = make_session(fp32_path, config.threads)
+
+@dataclass
+class Fp32Gate:
+    """The fp32 graph's gate: what it measured, once it passed."""
+
+    scores: np.ndarray  # [2n] fp32 scores of the evaluation pairs: chosen sides, then rejected sides
+    max_diff: float  # max |ONNX - PyTorch|
+    batch_diff: float  # max |alone - in a mixed batch|
+    accuracy: float  # pairwise accuracy on the evaluation pairs
+
+
+def _gate_fp32(
+    session: Any,
+    model: Any,
+    input_names: list[str],
+    encoded: list[EncodedPair],
+    pad_token_id: int,
+    config: ExportConfig,
+) -> Fp32Gate:
+    """Parity with PyTorch and batch independence; raise ExportError (no bundle) when either fails."""
     graph_inputs = [i.name for i in session.get_inputs()]
     if graph_inputs != input_names:
         raise ExportError(f"exported graph takes inputs {graph_inputs}, expected {input_names}")
+    n = len(encoded) // 2
     log.info("gate: scoring %d evaluation pairs with PyTorch and onnxruntime", n)
-    reference = torch_scores(model, input_names, encoded, encoder.pad_token_id, config.batch_size)
-    fp32 = score_encoded(session, input_names, encoded, encoder.pad_token_id, config.batch_size)
+    reference = torch_scores(model, input_names, encoded, pad_token_id, config.batch_size)
+    fp32 = score_encoded(session, input_names, encoded, pad_token_id, config.batch_size)
     max_diff = check_parity(reference, fp32, config.parity_tolerance)
-    batch_fp32 = check_batch_independence(
-        "fp32", batch_dependence(session, input_names, encoded, encoder.pad_token_id), config.batch_tolerance
+    batch_diff = check_batch_independence(
+        "fp32", batch_dependence(session, input_names, encoded, pad_token_id), config.batch_tolerance
     )
-    accuracy_fp32 = pairwise_accuracy(fp32[:n], fp32[n:])
+    accuracy = pairwise_accuracy(fp32[:n], fp32[n:])
     log.info(
         "fp32: max |onnx - torch| %.2e, batch diff %.2e, accuracy %.2f%%",
         max_diff,
-        batch_fp32,
-        100 * accuracy_fp32,
+        batch_diff,
+        100 * accuracy,
+    )
+    return Fp32Gate(fp32, max_diff, batch_diff, accuracy)
+
+
+def _int8_inputs(
+    session: Any,
+    input_names: list[str],
+    inputs: RunInputs,
+    chosen: list[EncodedPair],
+    rejected: list[EncodedPair],
+    fp32_scores: np.ndarray,
+    config: ExportConfig,
+) -> tuple[list[dict[str, np.ndarray]], FidelitySet, float]:
+    """(calibration batches, fidelity set, fp32 accuracy on it): what every int8 recipe is judged on.
+
+    Calibration uses training pairs; the fidelity set is the evaluation pairs plus training pairs not
+    used for calibration, scored here by the fp32 ``session`` (the evaluation pairs already were).
+    """
+    encoder = inputs.encoder
+    calibration_pairs = spread_sample(inputs.train_pairs, config.calibration_pairs)
+    candidates = _uncalibrated(inputs.train_pairs, calibration_pairs)
+    fidelity = _fidelity_set(chosen, rejected, encoder, candidates, config.fidelity_pairs)
+    pad, size, n = encoder.pad_token_id, config.batch_size, len(chosen)
+    extra_chosen = score_encoded(session, input_names, fidelity.extra_chosen, pad, size)
+    extra_rejected = score_encoded(session, input_names, fidelity.extra_rejected, pad, size)
+    fidelity_fp32 = np.concatenate([fp32_scores[:n], extra_chosen, fp32_scores[n:], extra_rejected])
+    return (
+        _calibration_batches(encoder, calibration_pairs),
+        fidelity,
+        pairwise_accuracy(*_halves(fidelity_fp32)),
     )
 
-    # -- int8: static quantisation, shipped only when it passes ---------------------------------------
-    int8_info: dict[str, Any] = {"shipped": False, "reason": "disabled (--no-int8)", "method": None}
-    attempts: list[dict[str, Any]] = []
-    if config.int8:
-        calibration_pairs = spread_sample(train_pairs, config.calibration_pairs)
-        calibration = _calibration_batches(encoder, calibration_pairs)
-        fidelity = _fidelity_set(
-            chosen, rejected, encoder, _uncalibrated(train_pairs, calibration_pairs), config.fidelity_pairs
-        )
-        pad, size = encoder.pad_token_id, config.batch_size
-        extra_chosen = score_encoded(session, input_names, fidelity.extra_chosen, pad, size)
-        extra_rejected = score_encoded(session, input_names, fidelity.extra_rejected, pad, size)
-        fidelity_fp32 = np.concatenate([fp32[:n], extra_chosen, fp32[n:], extra_rejected])
-        del session
-        int8_info, attempts = _quantize_and_gate(
-            fp32_path,
-            tmp / MODEL_FILES["int8"],
-            calibration,
-            input_names,
-            encoder,
-            encoded,
-            fidelity,
-            pairwise_accuracy(*_halves(fidelity_fp32)),
-            config,
-        )
-    accuracy_int8 = attempts[-1]["accuracy"] if attempts else None
-    batch_int8 = attempts[-1]["batch_diff"] if attempts else None
 
+def _manifest_fields(
+    config: ExportConfig,
+    final: Path,
+    inputs: RunInputs,
+    input_names: list[str],
+    eval_pairs: int,
+    accuracy_fp32: float,
+    accuracy_int8: float | None,
+    int8_info: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's description of the bundle (all but ``gate`` and ``files``)."""
+    train_config, policy = inputs.train_config, inputs.encoder.policy
     source = train_config.data or "embedded hh-rlhf-harmless-2000"
-    fields: dict[str, Any] = {
+    return {
         "name": config.name or (final.parent if final.name == "final" else final).name,
         "version": config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
         "created": utc_now(),
         "base_model": train_config.base_model,
         "max_length": policy.max_length,
         "truncation": {"max_length": policy.max_length, "min_question_tokens": policy.min_question_tokens},
-        "pad_token_id": encoder.pad_token_id,
+        "pad_token_id": inputs.encoder.pad_token_id,
         "input_names": input_names,
-        "score": stats,
+        "score": inputs.stats,
         "eval": {
             "dataset": f"{source}: validation split (val_fraction {train_config.val_fraction}, "
             f"seed {train_config.seed})",
-            "pairs": n,
+            "pairs": eval_pairs,
             "accuracy_fp32": accuracy_fp32,
             "accuracy_int8": accuracy_int8,
         },
@@ -259,14 +314,6 @@ def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dic
         "training_config": train_config.to_dict(),
         "export_config": config.to_dict(),
     }
-    gate = {
-        "max_abs_diff_onnx_torch": max_diff,
-        "batch_diff_fp32": batch_fp32,
-        "batch_diff_int8": batch_int8,
-        "int8_attempts": attempts,
-        "export_seconds": round(time.perf_counter() - started, 1),
-    }
-    return fields, gate
 
 
 def _quantize_and_gate(
@@ -360,7 +407,7 @@ def _fidelity_set(
     total: int,
 ) -> FidelitySet:
     extra = spread_sample(candidates, total - len(chosen)) if total > len(chosen) else []
-    extra_chosen, extra_rejected = encode_pair_sides(encoder, extra)
+    extra_chosen, extra_rejected = encode_pairs(encoder, extra)
     all_chosen, all_rejected = [*chosen, *extra_chosen], [*rejected, *extra_rejected]
     return FidelitySet([*all_chosen, *all_rejected], len(all_chosen), extra_chosen, extra_rejected)
 
@@ -382,7 +429,7 @@ def _calibration_batches(
     encoder: PairEncoder, pairs: Sequence[PreferencePair]
 ) -> list[dict[str, np.ndarray]]:
     """Both answers of each pair, length-sorted into batches of 8 so little padding enters the ranges."""
-    chosen, rejected = encode_pair_sides(encoder, pairs)
+    chosen, rejected = encode_pairs(encoder, pairs)
     encoded = [*chosen, *rejected]
     return [
         pad_batch([encoded[i] for i in idx], encoder.pad_token_id)

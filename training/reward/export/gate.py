@@ -1,12 +1,15 @@
 """The export gate: the checks a graph must pass before it goes into a bundle.
 
     check_parity(torch_scores, onnx_scores, tolerance=1e-3)          # raises ParityError
+    check_output_parity(torch_values, onnx_values, tolerance=1e-3)   # every output: {name: max diff}
     diff = batch_dependence(session, names, encoded, pad_id)         # max |alone - in a mixed batch|
+                                                                     # over every output of the graph
     check_batch_independence("fp32", diff, tolerance=1e-4)           # raises BatchDependenceError
 
 Why a gate: an exported graph that silently differs from the trained model, or whose score for a
 pair depends on what it was batched with, still "works" and serves wrong rewards. The fp32 checks
-are hard failures (nothing ships); an int8 graph that fails its checks is left out of the bundle and
+are hard failures (nothing ships) and cover every output of the graph (score, and uncertainty /
+length_score when the model has those heads); an int8 graph that fails its checks is left out of the bundle and
 the manifest says why (see export.py).
 
 Error tree::
@@ -19,13 +22,14 @@ Error tree::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from service.encoding import EncodedPair, pad_batch
-from service.onnx_scoring import run_scores
+from service.onnx_scoring import run_outputs
+from training.reward.heads import output_names_of
 
 
 class ExportError(Exception):
@@ -44,19 +48,32 @@ class BatchDependenceError(ExportError):
     pass
 
 
-def check_parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, tolerance: float) -> float:
+def check_parity(
+    torch_scores: np.ndarray, onnx_scores: np.ndarray, tolerance: float, output: str = "score"
+) -> float:
     """Max |ONNX - PyTorch| over the same inputs; raise ParityError above ``tolerance``."""
     diff = np.abs(np.asarray(onnx_scores, dtype=np.float64) - np.asarray(torch_scores, dtype=np.float64))
     worst = float(diff.max()) if diff.size else 0.0
     if not np.isfinite(worst) or worst > tolerance:
         i = int(np.nanargmax(diff)) if np.isfinite(diff).any() else 0
         raise ParityError(
-            f"ONNX fp32 scores differ from PyTorch by up to {worst:.3g} (> tolerance {tolerance:g}) on "
+            f"ONNX fp32 {output!r} values differ from PyTorch by up to {worst:.3g} (> tolerance {tolerance:g}) on "
             f"{int((diff > tolerance).sum())} of {diff.size} sequences; worst: sequence {i}, "
             f"torch {float(torch_scores[i]):.6f} vs onnx {float(onnx_scores[i]):.6f}. "
             "The export does not reproduce the trained model."
         )
     return worst
+
+
+def check_output_parity(
+    torch_values: Mapping[str, np.ndarray], onnx_values: Mapping[str, np.ndarray], tolerance: float
+) -> dict[str, float]:
+    """check_parity on every output; {name: max |ONNX - PyTorch|}. The two must have the same outputs."""
+    if list(torch_values) != list(onnx_values):
+        raise ParityError(f"ONNX graph outputs {list(onnx_values)}, the PyTorch model {list(torch_values)}")
+    return {
+        name: check_parity(torch_values[name], onnx_values[name], tolerance, name) for name in torch_values
+    }
 
 
 def mixed_batch_probe(encoded: Sequence[EncodedPair], size: int = 32) -> list[int]:
@@ -74,6 +91,24 @@ def mixed_batch_probe(encoded: Sequence[EncodedPair], size: int = 32) -> list[in
     return [picked[i] for i in rng.permutation(len(picked))]
 
 
+def batch_dependence_per_output(
+    session: Any,
+    input_names: Sequence[str],
+    encoded: Sequence[EncodedPair],
+    pad_token_id: int,
+    size: int = 32,
+) -> dict[str, float]:
+    """{output: max |value alone - value inside one mixed-length batch|} over a probe of ``size``
+    sequences, for every output of the graph."""
+    names = output_names_of(session)
+    probe = mixed_batch_probe(encoded, size)
+    together = run_outputs(session, input_names, pad_batch([encoded[i] for i in probe], pad_token_id), names)
+    alone = [run_outputs(session, input_names, pad_batch([encoded[i]], pad_token_id), names) for i in probe]
+    return {
+        name: float(np.max(np.abs(together[name] - np.array([a[name][0] for a in alone])))) for name in names
+    }
+
+
 def batch_dependence(
     session: Any,
     input_names: Sequence[str],
@@ -81,13 +116,9 @@ def batch_dependence(
     pad_token_id: int,
     size: int = 32,
 ) -> float:
-    """Max |score alone - score inside one mixed-length batch| over a probe of ``size`` sequences."""
-    probe = mixed_batch_probe(encoded, size)
-    together = run_scores(session, input_names, pad_batch([encoded[i] for i in probe], pad_token_id))
-    alone = np.array(
-        [run_scores(session, input_names, pad_batch([encoded[i]], pad_token_id))[0] for i in probe]
-    )
-    return float(np.max(np.abs(together - alone)))
+    """The worst batch dependence over every output of the graph (see batch_dependence_per_output)."""
+    per_output = batch_dependence_per_output(session, input_names, encoded, pad_token_id, size)
+    return float(np.max(list(per_output.values())))  # np.max: a NaN anywhere is the answer
 
 
 def batch_independence_failure(graph: str, diff: float, tolerance: float) -> str | None:

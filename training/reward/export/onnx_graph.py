@@ -1,10 +1,13 @@
 """PyTorch -> ONNX: the fp32 graph of a reward model, and PyTorch scores to check it against.
 
     export_onnx(model, ["input_ids", "attention_mask", "token_type_ids"], sample_batch, path, opset=17)
-    reference = torch_scores(model, input_names, encoded, pad_token_id, batch_size=32)
+    reference = torch_outputs(model, input_names, encoded, pad_token_id, batch_size=32)  # {name: [n]}
 
 The graph takes the inputs in ``input_names`` order, each int64 [batch, sequence] with both axes
-dynamic, and returns one output "score" [batch] (the scalar head's logit). The TorchScript-based
+dynamic, and returns "score" [batch] (the scalar head's logit; with several quality heads their
+mean), then "uncertainty" [batch] (std of the quality heads, only when there are several) and
+"length_score" [batch] (only with a length head): the model's head layout decides (heads.py). A
+plain one-head model exports exactly the graph it always did. The TorchScript-based
 exporter (dynamo=False) is used: it handles the BERT family's attention-mask arithmetic with dynamic
 shapes, and the export gate (export.py) proves the result matches PyTorch.
 
@@ -35,20 +38,28 @@ import numpy as np
 import torch
 
 from service.encoding import EncodedPair, pad_batch
-from service.onnx_scoring import SCORE_OUTPUT, length_sorted_batches
+from service.onnx_scoring import length_sorted_batches
+from training.reward.model import head_outputs, layout_of
 
 
-class ScoreOnly(torch.nn.Module):
-    """The reward model with positional inputs (in ``input_names`` order) and one output: score [batch]."""
+class HeadOutputs(torch.nn.Module):
+    """The reward model with positional inputs (in ``input_names`` order) and the graph outputs of its
+    head layout as a tuple of [batch] tensors: (score,) for a plain model, else (score, uncertainty?,
+    length_score?)."""
 
     def __init__(self, model: torch.nn.Module, input_names: Sequence[str]) -> None:
         super().__init__()
         self.model = model
         self.input_names = list(input_names)
+        self.layout = layout_of(model)  # type: ignore[arg-type]
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        logits = self.model(**dict(zip(self.input_names, inputs, strict=True))).logits  # [b, 1]
-        return logits[:, 0]
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.layout.output_names
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.model(**dict(zip(self.input_names, inputs, strict=True))).logits  # [b, K]
+        return tuple(head_outputs(logits, self.layout).values())
 
 
 # transformers attention implementations `export_onnx` accepts; "model" = whatever the model was loaded with
@@ -74,7 +85,8 @@ def export_onnx(
     if attention != "model" and getattr(config, "_attn_implementation", attention) != attention:
         source = copy.deepcopy(model)
         source.set_attn_implementation(attention)  # type: ignore[operator]
-    wrapper = ScoreOnly(source, input_names).eval()
+    wrapper = HeadOutputs(source, input_names).eval()
+    outputs = list(wrapper.output_names)
     args = tuple(torch.from_numpy(sample[name]) for name in input_names)
     axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
     with warnings.catch_warnings(), torch.no_grad():
@@ -86,13 +98,32 @@ def export_onnx(
             dynamo=False,
             opset_version=opset,
             input_names=list(input_names),
-            output_names=[SCORE_OUTPUT],
-            dynamic_axes={**axes, SCORE_OUTPUT: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={**axes, **{name: {0: "batch"} for name in outputs}},
         )
     model.eval()  # export restores the wrapper's mode; the model must stay in eval for the gate
 
 
 @torch.no_grad()
+def torch_outputs(
+    model: torch.nn.Module,
+    input_names: Sequence[str],
+    encoded: Sequence[EncodedPair],
+    pad_token_id: int,
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """PyTorch values of every graph output, {name: [n] float64}, over the same length-sorted padded
+    batches onnxruntime sees."""
+    wrapper = HeadOutputs(model, input_names).eval()
+    values = {name: np.empty(len(encoded), dtype=np.float64) for name in wrapper.output_names}
+    for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
+        batch = pad_batch([encoded[i] for i in idx], pad_token_id)
+        outputs = wrapper(*(torch.from_numpy(batch[n]) for n in input_names))
+        for name, value in zip(wrapper.output_names, outputs, strict=True):
+            values[name][idx] = value.double().numpy()
+    return values
+
+
 def torch_scores(
     model: torch.nn.Module,
     input_names: Sequence[str],
@@ -100,10 +131,5 @@ def torch_scores(
     pad_token_id: int,
     batch_size: int,
 ) -> np.ndarray:
-    """PyTorch scores [n] over the same length-sorted padded batches onnxruntime sees."""
-    wrapper = ScoreOnly(model, input_names).eval()
-    scores = np.empty(len(encoded), dtype=np.float64)
-    for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
-        batch = pad_batch([encoded[i] for i in idx], pad_token_id)
-        scores[idx] = wrapper(*(torch.from_numpy(batch[n]) for n in input_names)).double().numpy()
-    return scores
+    """PyTorch served scores [n] (the "score" output) over the batches onnxruntime sees."""
+    return torch_outputs(model, input_names, encoded, pad_token_id, batch_size)["score"]

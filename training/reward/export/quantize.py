@@ -4,21 +4,19 @@
     method = quantize_int8(fp32_path, int8_path, calibration_batches, recipe)
 
 Why static: onnxruntime's *dynamic* quantisation computes activation scales over the whole batch at
-run time, so a pair's score moves with its batch-mates (measured on a trained MiniLM head: up to 0.2,
-with 6-10% of pair rankings flipped between alone and in a batch of 32). Static quantisation fixes
-every activation scale at export time from calibration data, so each row of a batch is computed
-with the same numbers whatever the other rows are: the graph is batch-independent by construction,
-and the export gate checks it.
+run time, so a pair's score moves with its batch-mates and pair rankings flip between alone and in a
+batch. Static quantisation fixes every activation scale at export time from calibration data, so
+each row of a batch is computed with the same numbers whatever the other rows are: the graph is
+batch-independent by construction, and the export gate checks it.
 
-Why these recipes (measured on the MiniLM reward model trained on the embedded hh-rlhf pairs, 200
-validation pairs, fp32 accuracy 62.0%): percentile calibration (99.999) clips the rare outlier
-activations that make MinMax ranges too wide; weights get per-channel scales; only MatMuls are
-quantised (nearly all of the FLOPs). The decisive setting is to leave MatMul *outputs* in fp32:
-onnxruntime's QDQ quantiser by default also requantises every MatMul output, which adds a second
-per-tensor rounding and Q/DQ passes (QLinearMatMul + DequantizeLinear): that graph lost 3.5 points
-(58.5%, fp32/int8 score correlation 0.963) and was barely faster than fp32. With fp32 outputs each
-MatMul becomes one MatMulIntegerToFloat: 62.0% (no loss, correlation 0.994) and 1.62x the fp32
-throughput in the same run. The pooler and classifier Gemms, LayerNorms, Softmax and GELU stay fp32.
+Why these recipes: percentile calibration (99.999) clips the rare outlier activations that make
+MinMax ranges too wide; weights get per-channel scales; only MatMuls are quantised (nearly all of
+the FLOPs). The decisive setting is to leave MatMul *outputs* in fp32: onnxruntime's QDQ quantiser
+by default also requantises every MatMul output, which adds a second per-tensor rounding and Q/DQ
+passes (QLinearMatMul + DequantizeLinear), costing accuracy and most of the speed. With fp32
+outputs each MatMul becomes one MatMulIntegerToFloat, which stays within the gate's accuracy drop
+and is faster. The pooler and classifier Gemms, LayerNorms, Softmax and GELU stay fp32. What each
+choice measured: README, "Export and int8" (`rlhf bench quant` re-measures the speed-up).
 The export tries DEFAULT_RECIPES in order, fastest first, and ships the first graph that passes the
 gate; the later ones keep the FFN output MatMuls (whose input, a GELU output with a long tail, is the
 hardest tensor to quantise per tensor) in fp32, slower but safer. The manifest records every attempt.
@@ -63,7 +61,7 @@ class QuantRecipe:
     calibration: str = "percentile"
     # the fraction of |activation| values kept inside the range; 99.999 keeps all but the outliers
     percentile: float = 99.999
-    # one scale per output channel of each weight: MiniLM's channels differ in magnitude by 10x+
+    # one scale per output channel of each weight: MiniLM's channels differ widely in magnitude
     per_channel: bool = True
     # 7-bit ranges avoid u8*s8 overflow on CPUs without VNNI, at an accuracy cost; VNNI CPUs don't need it
     reduce_range: bool = False
@@ -73,8 +71,7 @@ class QuantRecipe:
     # requantises every output (QLinearMatMul + Q/DQ pairs): a second rounding and extra passes
     quantize_outputs: bool = False
     # True = only MatMuls with a constant (weight) operand; the attention-score MatMuls (Q.K^T, P.V)
-    # stay fp32. Measured on a partly trained MiniLM (requantised outputs): score correlation with fp32
-    # 0.897 -> 0.907, not worth their speed
+    # stay fp32: it barely moved the int8 scores' agreement with fp32, not worth their speed
     weight_matmuls_only: bool = False
     # node-name patterns (regex, searched) that stay fp32; () = none
     fp32_nodes: tuple[str, ...] = ()
@@ -164,7 +161,6 @@ def fp32_node_names(model: onnx.ModelProto, recipe: QuantRecipe) -> list[str]:
     names = names if (patterns or recipe.fp32_layers) else []
     if recipe.weight_matmuls_only:  # onnxruntime's MatMulConstBOnly is ignored by the QDQ quantiser
         names += [name for name in activation_matmuls if name not in names]
-    return names
     return names
 
 

@@ -1,0 +1,40 @@
+"""Held-out warning signs: Pearson with answer length and the AUROC of uncertainty, by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.reward.diagnostics import auroc, pair_uncertainty, pearson
+
+
+def test_pearson_by_hand_and_undefined_cases() -> None:
+    assert pearson(np.array([1, 2, 3, 4]), np.array([1, 3, 2, 4])) == pytest.approx(0.8)
+    assert pearson(np.array([1.0, 2.0]), np.array([3.0, 3.0])) is None  # constant: undefined
+    assert pearson(np.array([1.0]), np.array([2.0])) is None
+
+
+def test_auroc_by_hand() -> None:
+    wrong = np.array([True, False, True, False])
+    assert auroc(np.array([0.9, 0.1, 0.8, 0.2]), wrong) == 1.0  # every wrong pair above every right one
+    assert auroc(np.array([0.1, 0.9, 0.2, 0.8]), wrong) == 0.0
+    # 4 (wrong, right) comparisons: 0.5 > 0.4 yes, 0.5 > 0.6 no, 0.3 > 0.4 no, 0.3 > 0.6 no -> 1/4
+    assert auroc(np.array([0.5, 0.4, 0.3, 0.6]), wrong) == 0.25
+    assert auroc(np.array([1.0, 1.0, 1.0, 1.0]), wrong) == 0.5  # ties count one half
+    assert auroc(np.array([1.0, 1.0, 2.0, 0.0]), wrong) == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+    assert auroc(np.array([1.0, 2.0]), np.array([True, True])) is None
+
+
+def test_auroc_matches_the_pairwise_definition_on_random_data() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 10, 300).astype(float)  # many ties
+    labels = rng.random(300) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    expected = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
+    assert auroc(scores, labels) == pytest.approx(expected)
+
+
+def test_pair_uncertainty_is_the_mean_of_both_answers() -> None:
+    assert pair_uncertainty(np.array([0.2, 1.0]), np.array([0.4, 0.0])).tolist() == pytest.approx([0.3, 0.5])

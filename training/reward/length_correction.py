@@ -1,0 +1,125 @@
+"""Post-hoc length correction of any reward model's scores (Huang et al. 2025): fit the trend, subtract it.
+
+    lengths = answer_token_counts(encoded)                   # [n] answer tokens of each encoded pair
+    fit = fit_length_correction(scores, lengths)             # least squares: score ~ a + b * tokens
+    corrected = fit.apply(scores, lengths)                   # score - b * (tokens - mean tokens)
+    manifest["length_correction"] = fit.to_dict()
+
+    fit = fit_bundle_length_correction("bundles/imported", pairs)  # for any bundle, torch-free
+
+Why: a reward model trained on limited preference data learns "shorter (or longer) is better" far
+beyond what the data holds, and a policy finds that direction first. Subtracting the linear trend of
+score on answer length, fitted on calibration items, removes the part of the score that length alone
+predicts; the centring at the fitted mean length keeps the corrected scores on the same mean, so the
+bundle's score statistics still describe them. It needs no retraining, so it works for every bundle,
+imported ones included; the length-disentangled head (losses.py) is the trained alternative.
+
+Unit ``answer_tokens``: the tokens of the answer as the model saw it (after truncation, without the
+template's special tokens), as `service.encoding.EncodedPair.answer_tokens` counts them: training,
+export, evaluation and the service read one number. The manifest entry is the service's
+``LengthCorrectionInfo``. torch-free (numpy, tokenizers, onnxruntime).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.bundle import Precision
+from service.encoding import EncodedPair
+
+UNIT = "answer_tokens"
+
+
+@dataclass(frozen=True)
+class LengthCorrection:
+    """score ~ intercept + slope * answer_tokens, fitted on ``fitted_on`` items.
+
+    ``mean_length`` is the fit items' mean answer length: the corrected score is
+    ``score - slope * (tokens - mean_length)``, so the mean score over the fit items is unchanged.
+    ``pearson`` is the fitted trend's strength (score vs length on the fit items, before correction).
+    """
+
+    slope: float
+    intercept: float
+    mean_length: float
+    fitted_on: int
+    pearson: float
+
+    def apply(self, scores: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Corrected scores [n] for raw scores [n] and answer token counts [n]."""
+        return np.asarray(scores, dtype=np.float64) - self.slope * (
+            np.asarray(lengths, dtype=np.float64) - self.mean_length
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``length_correction`` entry."""
+        return {
+            "kind": "linear",
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "unit": UNIT,
+            "mean_length": self.mean_length,
+            "fitted_on": self.fitted_on,
+            "pearson": self.pearson,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LengthCorrection:
+        if values.get("kind") != "linear" or values.get("unit") != UNIT:
+            raise ValueError(f"unknown length correction {dict(values)!r}: expected kind linear, unit {UNIT}")
+        return cls(
+            float(values["slope"]),
+            float(values["intercept"]),
+            float(values["mean_length"]),
+            int(values["fitted_on"]),
+            float(values["pearson"]),
+        )
+
+
+def fit_length_correction(scores: np.ndarray, lengths: np.ndarray) -> LengthCorrection:
+    """Ordinary least squares of scores [n] on answer lengths [n]; needs two distinct lengths."""
+    y = np.asarray(scores, dtype=np.float64)
+    x = np.asarray(lengths, dtype=np.float64)
+    assert x.shape == y.shape and x.ndim == 1, f"expected two [n] arrays, got {x.shape} and {y.shape}"
+    x_mean, y_mean = float(x.mean()) if x.size else 0.0, float(y.mean()) if y.size else 0.0
+    sxx = float(((x - x_mean) ** 2).sum())
+    if x.size < 2 or sxx == 0.0:
+        raise ValueError(f"a length trend needs at least two distinct answer lengths (got {x.size} items)")
+    sxy = float(((x - x_mean) * (y - y_mean)).sum())
+    syy = float(((y - y_mean) ** 2).sum())
+    slope = sxy / sxx
+    pearson = sxy / np.sqrt(sxx * syy) if syy > 0 else 0.0
+    return LengthCorrection(slope, y_mean - slope * x_mean, x_mean, int(x.size), float(pearson))
+
+
+def answer_token_counts(encoded: Sequence[EncodedPair]) -> np.ndarray:
+    """Answer tokens [n] int64 of each encoded pair (after truncation, specials excluded)."""
+    return np.array([pair.answer_tokens for pair in encoded], dtype=np.int64)
+
+
+def fit_bundle_length_correction(
+    bundle_dir: str | Path,
+    pairs: Sequence[Any],
+    precision: Precision = "fp32",
+    batch_size: int = 32,
+    threads: int = 2,
+) -> LengthCorrection:
+    """Fit the correction of an existing bundle (trained here or imported) on both answers of ``pairs``.
+
+    ``pairs`` are `PreferencePair`s (question, chosen, rejected): calibration data, not evaluation data.
+    """
+    from service.bundle import load_bundle  # the service stack only when a bundle is fitted
+    from service.onnx_scoring import make_session, score_encoded
+
+    bundle = load_bundle(bundle_dir)
+    encoder = bundle.encoder()
+    questions = [p.question for p in pairs] * 2
+    encoded = encoder.encode(questions, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    session = make_session(bundle.model_path(precision), threads)
+    scores = score_encoded(session, bundle.manifest.input_names, encoded, encoder.pad_token_id, batch_size)
+    return fit_length_correction(scores, answer_token_counts(encoded))
