@@ -27,11 +27,11 @@ demo: setup
 	$(BIN)/rlhf demo
 
 lint: setup
-	$(BIN)/ruff check service training bench cli tests
-	$(BIN)/ruff format --check service training bench cli tests
+	$(BIN)/ruff check service training bench cli integrations tests
+	$(BIN)/ruff format --check service training bench cli integrations tests
 
 typecheck: setup
-	$(BIN)/mypy service training bench cli
+	$(BIN)/mypy service training bench cli integrations
 
 unit: setup
 	$(BIN)/python -m pytest -q

@@ -10,7 +10,11 @@ after the other on the same machine so the ratios are fair:
    (the engine's limit: no HTTP, no tokenisation, the best possible padding);
 2. the service (`python -m service`, a separate process) under closed-loop load at several client
    concurrencies, and open-loop load at half of its peak (p99/p50 must stay ≤ 3);
-3. a naive FastAPI + transformers server (one forward per request, no cross-request batching).
+3. the service under the load RL trainers really send (`--per-sample`): one pair per request, many
+   connections at once (OpenRLHF's agent executor, veRL's reward loop, slime), on each trainer route,
+   beside 16-pair requests on 8 connections from the same load generator (`bench.loadgen`: raw
+   sockets, pre-encoded requests, so the numbers describe the service; its own CPU is shown too);
+4. a naive FastAPI + transformers server (one forward per request, no cross-request batching).
 
 Each row also gives pairs per CPU second of the scoring process (from /proc): on a shared machine
 wall-clock speed moves with other people's load, CPU-normalised speed much less. Raw onnxruntime is
@@ -30,7 +34,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,12 +43,22 @@ import httpx
 import numpy as np
 import typer
 
+from bench.loadgen import encode_post, run_closed_loop
 from bench.procs import ServerProcess, free_port, running_server
 from service.bundle import load_bundle
-from service.encoding import PairEncoder, pad_batch
+from service.encoding import Encoder, pad_batch
 from training.data import embedded_pairs_path, split_hh_dialogue
 
 NAIVE = "naive FastAPI+transformers"
+# one sample per request, in the body each trainer sends (sources named in docs/ and tests/integrations)
+PER_SAMPLE_BODIES: dict[str, Callable[[str, str], dict[str, Any]]] = {
+    "score": lambda q, a: {"pairs": [{"question": q, "answer": a}]},
+    "get_reward": lambda q, a: {"query": [q + a], "prompts": [q], "labels": [""]},  # OpenRLHF
+    "classify": lambda q, a: {"model": "rm", "input": q + a, "use_activation": False},  # veRL (vLLM)
+    "slime/reward": lambda q, a: {"prompt": q, "response": a, "label": None},  # slime
+}
+REFERENCE_PAIRS, REFERENCE_CONNECTIONS = 16, 8  # the batched load single-pair requests are compared with
+REFERENCE = f"{REFERENCE_CONNECTIONS} x {REFERENCE_PAIRS} pairs"
 
 
 @dataclass
@@ -60,6 +74,8 @@ class Row:
     errors: int = 0
     first_error: str | None = None
     pairs_per_cpu_s: float | None = None  # pairs per CPU second of the scoring process: robust to other load
+    service_cpu_s: float | None = None  # CPU seconds the server process spent on the load
+    load_cpu_s: float | None = None  # CPU seconds the load generator spent (same machine, same cores)
 
 
 def load_hh_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
@@ -76,7 +92,7 @@ def load_hh_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
     return pairs[:limit]
 
 
-def token_count(encoder: PairEncoder, pairs: Sequence[tuple[str, str]]) -> int:
+def token_count(encoder: Encoder, pairs: Sequence[tuple[str, str]]) -> int:
     """Tokens of ``pairs`` after the bundle's truncation: what the scoring actually processes."""
     return sum(len(e) for e in encoder.encode([q for q, _ in pairs], [a for _, a in pairs]))
 
@@ -180,21 +196,25 @@ def row(system: str, concurrency: str, pairs: int, tokens: int, result: Measured
     )
     measured.errors, measured.first_error = len(errors), first
     measured.pairs_per_cpu_s = pairs / cpu if cpu > 0 else None
+    measured.service_cpu_s = cpu
     return measured
 
 
 def table(rows: Sequence[Row]) -> str:
     lines = [
-        "| system | clients | pairs | pairs/s | tokens/s | pairs/CPU-s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| system | clients | pairs | pairs/s | tokens/s | pairs/CPU-s | p50 ms | p99 ms | errors "
+        "| server CPU-s | load CPU-s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for r in rows:
-        p50 = f"{r.p50_ms:.0f}" if r.p50_ms is not None else "-"
-        p99 = f"{r.p99_ms:.0f}" if r.p99_ms is not None else "-"
-        cpu = f"{r.pairs_per_cpu_s:.1f}" if r.pairs_per_cpu_s is not None else "-"
         lines.append(
             f"| {r.system} | {r.concurrency} | {r.pairs} | {r.pairs_per_s:.1f} | {r.tokens_per_s:.0f} "
-            f"| {cpu} | {p50} | {p99} | {r.errors} |"
+            f"| {cell(r.pairs_per_cpu_s, 1)} | {cell(r.p50_ms, 0)} | {cell(r.p99_ms, 0)} | {r.errors} "
+            f"| {cell(r.service_cpu_s, 1)} | {cell(r.load_cpu_s, 1)} |"
         )
     return "\n".join(lines)
 
@@ -207,10 +227,11 @@ def measured_row(
     tokens: int,
     load: Coroutine[Any, Any, Measured],
 ) -> Row:
-    """Run one load against ``server``, timing the CPU seconds it spent; print the row at once."""
-    cpu = server.cpu_seconds()
+    """Run one load against ``server``, timing the CPU seconds it and this process spent; print the row."""
+    cpu, own = server.cpu_seconds(), time.process_time()
     result = asyncio.run(load)
     measured = row(system, label, pairs, tokens, result, server.cpu_seconds() - cpu)
+    measured.load_cpu_s = time.process_time() - own
     typer.echo(table([measured]))
     return measured
 
@@ -245,6 +266,74 @@ def load_service(
         measured_row(server, "service", f"open loop {0.5 * peak:.0f} pairs/s", len(work), tokens, load)
     )
     return rows
+
+
+def host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def raw_load_row(
+    server: ServerProcess,
+    system: str,
+    label: str,
+    pairs: int,
+    tokens: int,
+    requests: list[bytes],
+    connections: int,
+) -> Row:
+    """One closed-loop run of pre-encoded ``requests`` from `bench.loadgen`; print the row at once."""
+    cpu = server.cpu_seconds()
+    result = run_closed_loop(*host_port(server.url), requests, connections)
+    measured = row(system, label, pairs, tokens, (result.seconds, result.latencies, result.errors),
+                   server.cpu_seconds() - cpu)  # fmt: skip
+    measured.load_cpu_s = result.cpu_seconds
+    typer.echo(table([measured]))
+    return measured
+
+
+def per_sample_phase(
+    server: ServerProcess, work: Sequence[tuple[str, str]], encoder: Encoder, levels: list[int],
+    routes: list[str], n_pairs: int,
+) -> list[Row]:  # fmt: skip
+    """One pair per request on each route at each connection count, after the batched reference
+    (REFERENCE_PAIRS per request on REFERENCE_CONNECTIONS connections), all from the same generator."""
+    host, port = host_port(server.url)
+    pairs = [work[i % len(work)] for i in range(n_pairs)]  # the hh mix, cycled up to n_pairs
+    tokens = token_count(encoder, pairs)
+
+    def encoded(path: str, bodies: list[dict[str, Any]]) -> list[bytes]:
+        return [encode_post(host, port, path, body) for body in bodies]
+
+    run_closed_loop(host, port, encoded("/score", requests_of(pairs[:64], 1)), 8)  # warm-up
+    reference = encoded("/score", requests_of(pairs, REFERENCE_PAIRS))
+    rows = [
+        raw_load_row(server, "service /score", REFERENCE, n_pairs, tokens, reference, REFERENCE_CONNECTIONS)
+    ]
+    for route in routes:
+        requests = encoded(f"/{route}", [PER_SAMPLE_BODIES[route](q, a) for q, a in pairs])
+        for level in levels:
+            rows.append(
+                raw_load_row(
+                    server, f"service /{route}", f"{level} x 1 pair", n_pairs, tokens, requests, level
+                )
+            )
+    return rows
+
+
+def per_sample_ratios(rows: Sequence[Row]) -> dict[str, float]:
+    """Pairs per server CPU-second of each single-pair row over the batched reference's (NaN if unclean)."""
+    reference = next((r for r in rows if r.system == "service /score" and r.concurrency == REFERENCE), None)
+    if reference is None:
+        return {}
+    base = reference.pairs_per_cpu_s if reference.errors == 0 and reference.pairs_per_cpu_s else float("nan")
+    return {
+        f"{r.system} {r.concurrency} / {REFERENCE}, per server CPU-s": (
+            r.pairs_per_cpu_s / base if r.errors == 0 and r.pairs_per_cpu_s else float("nan")
+        )
+        for r in rows
+        if r.concurrency.endswith(" x 1 pair")
+    }
 
 
 def run_naive(
@@ -285,16 +374,17 @@ def summarise(rows: Sequence[Row]) -> dict[str, float]:
     naive_peak = max((r.pairs_per_s for r in clean if r.system.startswith("naive")), default=float("nan"))
     half = next(r for r in rows if r.concurrency.startswith("open"))
 
-    def best_cpu(prefix: str) -> float:
-        values = [r.pairs_per_cpu_s for r in clean if r.system.startswith(prefix) and r.pairs_per_cpu_s]
+    def best_cpu(match: Callable[[str], bool]) -> float:
+        values = [r.pairs_per_cpu_s for r in clean if match(r.system) and r.pairs_per_cpu_s]
         return max(values, default=float("nan"))
 
+    service = best_cpu(lambda system: system == "service")  # the httpx-loaded rows (per-sample: own ratios)
     return {
         "service_vs_raw": peak / raw,
         "service_vs_naive": peak / naive_peak,
         "p99_over_p50_at_half_load": (half.p99_ms or 0) / (half.p50_ms or 1),
-        "service_vs_raw_per_cpu_s": best_cpu("service") / best_cpu("raw"),
-        "service_vs_naive_per_cpu_s": best_cpu("service") / best_cpu("naive"),
+        "service_vs_raw_per_cpu_s": service / best_cpu(lambda system: system.startswith("raw")),
+        "service_vs_naive_per_cpu_s": service / best_cpu(lambda system: system.startswith("naive")),
     }
 
 
@@ -307,6 +397,11 @@ def report(rows: Sequence[Row], summary: dict[str, float]) -> str:
         f"per CPU second (robust to other load on a shared machine): service / raw "
         f"{summary['service_vs_raw_per_cpu_s']:.2f}x, service / naive "
         f"{summary['service_vs_naive_per_cpu_s']:.2f}x",
+    ]
+    lines += [
+        f"{name}: {value:.2f}x (target >= 0.95 at the most connections)"
+        for name, value in summary.items()
+        if name.endswith("per server CPU-s")
     ]
     return table(rows) + "\n\n" + "\n".join(lines)
 
@@ -337,6 +432,16 @@ def bench_serve_command(
     ] = True,
     naive_pairs: Annotated[int, typer.Option(help="pairs per naive measurement (it is slow)")] = 128,
     naive_model: Annotated[str, typer.Option(help="HF model dir for the naive server (default MiniLM)")] = "",
+    per_sample: Annotated[
+        bool, typer.Option(help="also load the service with one pair per request, as RL trainers do")
+    ] = True,
+    per_sample_concurrency: Annotated[str, typer.Option(help="connections, comma-separated")] = "64,256",
+    per_sample_pairs: Annotated[
+        int, typer.Option(help="pairs (= requests) per per-sample measurement")
+    ] = 1024,
+    per_sample_routes: Annotated[
+        str, typer.Option(help=f"routes, comma-separated, of: {', '.join(PER_SAMPLE_BODIES)}")
+    ] = "score,get_reward,classify",
     max_batch_tokens: Annotated[int | None, typer.Option(help="service RLHF_MAX_BATCH_TOKENS")] = None,
     subbatch_tokens: Annotated[int | None, typer.Option(help="service RLHF_SUBBATCH_TOKENS")] = None,
     max_batch_pairs: Annotated[int | None, typer.Option(help="service RLHF_MAX_BATCH_PAIRS")] = None,
@@ -353,6 +458,11 @@ def bench_serve_command(
     """Service vs raw onnxruntime vs naive per-request server on the hh-rlhf length mix."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally`s: stop the servers
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    sample_levels = [int(c) for c in per_sample_concurrency.split(",") if c.strip()]
+    routes = [r.strip().strip("/") for r in per_sample_routes.split(",") if r.strip()]
+    unknown = sorted(set(routes) - set(PER_SAMPLE_BODIES))
+    if unknown:
+        raise typer.BadParameter(f"unknown routes {unknown}; known: {', '.join(PER_SAMPLE_BODIES)}")
     data_pairs = load_hh_pairs(data or embedded_pairs_path(), max(pairs, naive_pairs), seed=0)
     work = data_pairs[:pairs]
     encoder = load_bundle(bundle).encoder()
@@ -372,21 +482,25 @@ def bench_serve_command(
         "RLHF_MAX_BATCH_PAIRS": max_batch_pairs, "RLHF_BATCH_WAIT_MS": batch_wait_ms,
         "RLHF_MAX_PADDING_RATIO": max_padding_ratio,
     }  # fmt: skip
-    env = service_env(bundle, precision, threads, port, max(2048, max(levels) * request_pairs * 2), knobs)
+    queue = max(2048, max(levels) * request_pairs * 2, max(sample_levels, default=0) * REFERENCE_PAIRS)
+    env = service_env(bundle, precision, threads, port, queue, knobs)
     with running_server([sys.executable, "-m", "service"], url, env) as service:
         rows += load_service(service, work, tokens, levels, request_pairs)
+        # 3. one pair per request, as the trainers send it
+        if per_sample:
+            rows += per_sample_phase(service, work, encoder, sample_levels, routes, per_sample_pairs)
     rows.append(raw_onnxruntime(bundle, precision, work, threads))
     typer.echo(table(rows[-1:]))
 
-    # 3. the naive per-request server
+    # 4. the naive per-request server
     if naive:
         naive_work = data_pairs[:naive_pairs]
         rows += run_naive(
             bundle, naive_model, threads, naive_work, token_count(encoder, naive_work), levels, request_pairs
         )
 
-    # 4. ratios against their targets, printed and written
-    summary = summarise(rows)
+    # 5. ratios against their targets, printed and written
+    summary = {**summarise(rows), **per_sample_ratios(rows)}
     text = report(rows, summary)
     typer.echo("\n" + text)
     write_results(out, text, rows, summary, request_pairs, threads)

@@ -57,5 +57,9 @@ from bench.train import bench_train_command  # noqa: E402
 
 bench_app.command("train")(bench_train_command)
 
+from cli.score import score_command  # noqa: E402
+
+app.command("score")(score_command)
+
 if __name__ == "__main__":
     app()

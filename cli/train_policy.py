@@ -64,3 +64,9 @@ def train_policy_command(given: dict[str, Any]) -> None:
             f"({summary['gain_in_std']:+.2f} RM score std), KL {summary.get('kl_last')}, "
             f"scoring share {summary.get('scoring_share_mean', 0):.1%}"
         )
+    if before and after and summary.get("gold_model"):
+        typer.echo(
+            f"gold reward: {summary['gold_gain_in_std']:+.2f} ± {summary['gold_gain_se_in_std']:.2f} gold std "
+            f"(proxy {summary['gain_in_std']:+.2f} ± {summary['gain_se_in_std']:.2f}; gold's own "
+            f"Pearson(score, length) after: {after['gold_length_pearson']:+.2f}): {summary['verdict']}"
+        )

@@ -7,7 +7,7 @@ OpenRLHF's ``--reward.remote_url file.py``, slime's ``--custom-rm-path``), so th
 come from ``RLHF_SERVICE_URL`` (comma-separated replicas) and the bearer token from ``RLHF_API_KEY``
 (the name the server and `rlhf train-policy` use), unless the adapter is given them explicitly.
 
-Clients are made once per process and per (URLs, key), not per sample: a trainer calls a reward function
+Clients are made once per process and per (URLs, key, options), not per sample: a trainer calls a reward function
 thousands of times, and each client keeps its connections open. An asyncio client belongs to the event
 loop it first ran in (its connection pool and semaphore do), so :class:`PerLoop` keeps one per loop:
 TRL runs every async reward function on one loop of its own, veRL and slime on theirs.
@@ -64,36 +64,47 @@ class PerLoop(Generic[T]):
     def get(self) -> T:
         loop = asyncio.get_running_loop()
         with self._lock:
+            for closed in [other for other in self._made if other.is_closed()]:
+                del self._made[closed]  # its client holds the loop (weak keys alone would never let go)
             made = self._made.get(loop)
             if made is None:
                 made = self._made[loop] = self._factory()
             return made
 
 
-_sync_clients: dict[tuple[tuple[str, ...], str | None], RewardClient] = {}
-_async_clients: dict[tuple[tuple[str, ...], str | None], PerLoop[AsyncRewardClient]] = {}
+Key = tuple[tuple[str, ...], str | None, tuple[tuple[str, Any], ...]]  # URLs, key, client options
+_sync_clients: dict[Key, RewardClient] = {}
+_async_clients: dict[Key, PerLoop[AsyncRewardClient]] = {}
 _lock = threading.Lock()
 
 
-def shared_client(urls: str | Sequence[str] | None = None, key: str | None = None, **options: Any) -> RewardClient:
-    """This process's blocking client for these URLs and key (``options`` apply when it is first made)."""
-    found, token = tuple(service_urls(urls)), api_key(key)
+def _key(urls: str | Sequence[str] | None, key: str | None, options: dict[str, Any]) -> Key:
+    return tuple(service_urls(urls)), api_key(key), tuple(sorted(options.items()))
+
+
+def shared_client(
+    urls: str | Sequence[str] | None = None, key: str | None = None, **options: Any
+) -> RewardClient:
+    """This process's blocking client for these URLs, key and client options (made on first use)."""
+    cache_key = _key(urls, key, options)
     with _lock:
-        client = _sync_clients.get((found, token))
+        client = _sync_clients.get(cache_key)
         if client is None:
-            client = _sync_clients[(found, token)] = RewardClient(list(found), api_key=token, **options)
+            found, token, _ = cache_key
+            client = _sync_clients[cache_key] = RewardClient(list(found), api_key=token, **options)
         return client
 
 
 def shared_async_client(
     urls: str | Sequence[str] | None = None, key: str | None = None, **options: Any
 ) -> AsyncRewardClient:
-    """This event loop's asyncio client for these URLs and key; call it from inside the loop."""
-    found, token = tuple(service_urls(urls)), api_key(key)
+    """This event loop's asyncio client for these URLs, key and options; call it from inside the loop."""
+    cache_key = _key(urls, key, options)
     with _lock:
-        per_loop = _async_clients.get((found, token))
+        per_loop = _async_clients.get(cache_key)
         if per_loop is None:
-            per_loop = _async_clients[(found, token)] = PerLoop(
+            found, token, _ = cache_key
+            per_loop = _async_clients[cache_key] = PerLoop(
                 lambda: AsyncRewardClient(list(found), api_key=token, **options)
             )
     return per_loop.get()

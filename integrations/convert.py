@@ -16,7 +16,8 @@ What trainers hold, and how each becomes hh text:
 
 * chat messages ``[{"role", "content"}, ...]``: user/assistant turns rendered as Human/Assistant turns
   (system messages dropped: hh has none); content given as a list of parts keeps its text parts;
-* a string that already is an hh dialogue (starts with ``"\\n\\nHuman:"`` or ``"Human:"``): kept;
+* a string that already is an hh dialogue (starts with ``"\\n\\nHuman:"`` or ``"Human:"``): kept (a whole
+  conversation in hh text is cut by the service's own rule, `service.rendered.split_rendered`);
 * a string rendered by a chat template (ChatML as in Qwen and SmolLM2, Llama 3, Gemma): parsed back into
   turns, then rendered as hh; special tokens left in a completion (``<|im_end|>``, ``</s>``...) are cut;
 * any other string: one user turn (a prompt) or the answer text (a completion).
@@ -32,7 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from training.data import ASSISTANT_PREFIX, split_hh_dialogue
+from service.rendered import split_rendered
+from training.data import ASSISTANT_PREFIX
 from training.policy.prompts import messages_to_hh
 from training.policy.scoring import rm_answer
 
@@ -78,7 +80,15 @@ TEMPLATES = (
     ),
 )
 # end-of-turn / end-of-text tokens a completion decoded with its special tokens may still carry
-END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<eos>")
+END_TOKENS = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<eos>",
+)
 
 
 def content_text(content: Any) -> str:
@@ -87,14 +97,16 @@ def content_text(content: Any) -> str:
         return content
     if isinstance(content, Sequence):
         return "".join(
-            str(part.get("text", "")) for part in content if isinstance(part, Mapping) and part.get("type") == "text"
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") == "text"
         )
     return "" if content is None else str(content)
 
 
-def message_turns(messages: Sequence[Message]) -> list[Turn]:
-    """Chat messages -> (role, content) turns."""
-    return [(str(m.get("role", "user")), content_text(m.get("content"))) for m in messages]
+def message_turns(messages: Sequence[Message], default_role: str = "user") -> list[Turn]:
+    """Chat messages -> (role, content) turns; a message without a role gets ``default_role``."""
+    return [(str(m.get("role", default_role)), content_text(m.get("content"))) for m in messages]
 
 
 def template_turns(text: str) -> list[Turn] | None:
@@ -151,7 +163,9 @@ def to_question(prompt: Text) -> str:
 def to_answer(completion: Text) -> str:
     """A completion (string, or assistant messages) -> the answer text with hh's leading space."""
     if not isinstance(completion, str):
-        text = "".join(content for role, content in message_turns(completion) if role == "assistant")
+        text = "".join(
+            content for role, content in message_turns(completion, "assistant") if role == "assistant"
+        )
         return rm_answer(text)
     return rm_answer(strip_end_tokens(completion))
 
@@ -162,20 +176,17 @@ def to_pair(prompt: Text, completion: Text) -> tuple[str, str]:
 
 
 def split_conversation(conversation: Text) -> tuple[str, str]:
-    """A whole conversation ending in the answer -> (question, answer).
+    """A whole conversation ending in the answer (one text, or chat messages) -> (question, answer).
 
-    hh text is cut at its last ``"\\n\\nAssistant:"`` exactly as training cut it; chat messages and
-    templated text at their last assistant turn. A text with no turn structure at all is the answer
-    to an empty question.
+    Chat messages and templated text are cut at their last assistant turn; any other text by the
+    service's own rule for rendered text (`service.rendered.split_rendered`: after the last
+    ``"\\n\\nAssistant:"``, else the whole text answers an empty question), so a text scored here
+    and the same text posted to ``/get_reward`` or ``/classify`` become the same pair.
     """
     if isinstance(conversation, str):
-        hh = _hh(conversation)
-        split = split_hh_dialogue(hh) if hh is not None else None
-        if split is not None:
-            return split
         turns = template_turns(conversation)
         if turns is None:
-            return "", rm_answer(strip_end_tokens(conversation))
+            return split_rendered(conversation)
     else:
         turns = message_turns(conversation)
     if turns and turns[-1][0] == "assistant":
@@ -184,7 +195,13 @@ def split_conversation(conversation: Text) -> tuple[str, str]:
 
 
 def split_query(query: str, prompt: str | None) -> tuple[str, str]:
-    """OpenRLHF's ``query`` (prompt + response, one text) and its ``prompt`` -> (question, answer)."""
+    """OpenRLHF's ``query`` (prompt + response, one text) and its ``prompt`` -> (question, answer).
+
+    Templated text is parsed as above; otherwise the service's rule for ``/get_reward`` applies as is.
+    """
+    templated = template_turns(prompt or query) is not None
+    if not templated:
+        return split_rendered(query, prompt)
     if prompt and query.startswith(prompt):
         return to_pair(prompt, query[len(prompt) :])
     return split_conversation(query)

@@ -63,13 +63,18 @@ class _RewardFunction:
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         return [to_pair(p, c) for p, c in zip(prompts, completions, strict=True)]
 
-    def rewards(self, result: ScoreResult, log_metric: Callable[[str, float], Any] | None) -> list[float | None]:
+    def rewards(
+        self, result: ScoreResult, log_metric: Callable[[str, float], Any] | None
+    ) -> list[float | None]:
         if result.model_changed:
             log.warning("the reward model changed to version %s during training", result.model_version)
         self.model_version = result.model_version or self.model_version
         if result.failed:
             log.warning(
-                "%d of %d rewards could not be fetched: %s", result.failed, len(result.scores), result.errors[:1]
+                "%d of %d rewards could not be fetched: %s",
+                result.failed,
+                len(result.scores),
+                result.errors[:1],
             )
         if callable(log_metric):
             log_metric(f"{self.__name__}/failed", float(result.failed))

@@ -8,8 +8,9 @@ veRL's reward loop (``verl/experimental/reward_loop/reward_manager/naive.py``, c
 calls ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=, **reward_kwargs)`` once
 per sample, many samples at once: a coroutine function is awaited on the reward loop's event loop, a
 plain one runs in its thread pool. ``reward.custom_reward_function.reward_kwargs`` are passed through,
-so ``+reward.custom_reward_function.reward_kwargs.service_url=http://...`` and ``...normalized=true``
-work instead of the environment (see `integrations.clients`).
+so ``+reward.custom_reward_function.reward_kwargs.service_url=http://...`` (and ``api_key``,
+``normalized=true``, ``max_retries``, ``timeout``) work instead of the environment (see
+`integrations.clients`).
 
 veRL does not pass the prompt to a reward function: the dataset must carry it in ``extra_info`` as
 ``"prompt"`` or ``"question"`` (veRL's own example preprocessing scripts store ``"question"``), a string
@@ -64,11 +65,15 @@ def compute_score(
     service_url: str | None = None,
     api_key: str | None = None,
     normalized: bool = False,
+    max_retries: int = 4,
+    timeout: float = 30.0,
     **_: Any,  # veRL adds reward_router_address / reward_model_tokenizer when it runs its own RM
 ) -> dict[str, Any]:
     """Blocking: one sample's reward from the service (``score`` raw, or normalised with ``normalized``)."""
     pair = to_pair(prompt_of(extra_info), solution_str)
-    result = shared_client(service_url, api_key).score([pair], raise_on_failure=True)
+    result = shared_client(service_url, api_key, max_retries=max_retries, timeout=timeout).score(
+        [pair], raise_on_failure=True
+    )
     return _reward(result, normalized)
 
 
@@ -81,9 +86,13 @@ async def compute_score_async(
     service_url: str | None = None,
     api_key: str | None = None,
     normalized: bool = False,
+    max_retries: int = 4,
+    timeout: float = 30.0,
     **_: Any,
 ) -> dict[str, Any]:
     """Awaitable: as :func:`compute_score`, on the reward loop's event loop (requests overlap)."""
     pair = to_pair(prompt_of(extra_info), solution_str)
-    result = await shared_async_client(service_url, api_key).score([pair], raise_on_failure=True)
+    result = await shared_async_client(service_url, api_key, max_retries=max_retries, timeout=timeout).score(
+        [pair], raise_on_failure=True
+    )
     return _reward(result, normalized)

@@ -1,90 +1,49 @@
 """HTTP routes. They validate, check limits, and await the batcher; they never touch the model.
 
-Every scoring response names the model that produced it (body `model` and X-Model-* headers), so a
-trainer notices a reload between two calls.
+Here: our own API (`/score`, `/score/groups`, probes, metrics, models, reload); the routes in the
+trainers' own protocols (OpenRLHF, veRL/vLLM, SGLang, slime) are written in service/trainers.py and
+registered on this router, the app's one router. Every scoring response names the model that
+produced it (body `model` and X-Model-* headers), so a trainer notices a reload between two calls.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from service import trainers
 from service.auth import require_admin_key, require_api_key
 from service.batcher import Scored
 from service.dependencies import StateDep
-from service.errors import NotReady, ValidationFailed
-from service.limits import check_count, check_fields
+from service.errors import NotReady
 from service.metrics import CONTENT_TYPE
 from service.schemas import (
     ErrorResponse,
-    GetRewardRequest,
-    GetRewardResponse,
     GroupResult,
     GroupsRequest,
     GroupsResponse,
-    ModelRef,
     ReloadRequest,
     ReloadResponse,
     ScoreRequest,
     ScoreResponse,
 )
-from service.state import PrecisionChoice, ServiceState
-
-CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; recorded in metrics only
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in [
-        (401, "missing or wrong bearer token"),
-        (413, "too many bytes, pairs, or characters"),
-        (422, "malformed input"),
-        (429, "queue full; see Retry-After"),
-        (503, "not ready or draining"),
-    ]
-}
+from service.state import PrecisionChoice
+from service.submit import ERRORS, model_headers, model_ref, score_pairs
 
 router = APIRouter()
 
 
-class ClientGone(Exception):
-    """The client disconnected while its request waited; nothing is sent back."""
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def score_pairs(
-    request: Request, state: ServiceState, questions: Sequence[str], answers: Sequence[str]
-) -> Scored:
-    """Submit to the batcher; if the client disconnects first, cancel so the batcher skips the pairs."""
-    check_count(len(questions), state.settings.max_pairs_per_request, "pairs")
-    model = state.current_model()
-    work = asyncio.ensure_future(state.batcher.submit(model, questions, answers))
-    gone = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if not work.done():
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
-        raise ClientGone
-    return work.result()
-
-
-def _model_headers(response: Response, scored: Scored) -> None:
-    response.headers["X-Model-Name"] = scored.model.name
-    response.headers["X-Model-Version"] = scored.model.version
-
-
-def _ref(scored: Scored) -> ModelRef:
-    return ModelRef(name=scored.model.name, version=scored.model.version)
+def uncertainty_lists(
+    scored: Scored, rows: slice = slice(None)
+) -> tuple[list[float] | None, list[float] | None]:
+    """(uncertainty, uncertainty / train std) of `rows` as lists, or (None, None) without an ensemble."""
+    if scored.uncertainty is None:
+        return None, None
+    part = scored.uncertainty[rows]
+    return part.tolist(), scored.model.normalize_uncertainty(part).tolist()
 
 
 @router.post(
@@ -92,22 +51,20 @@ def _ref(scored: Scored) -> ModelRef:
 )
 async def score(body: ScoreRequest, request: Request, response: Response, state: StateDep) -> ScoreResponse:
     """Score (question, answer) pairs; same order as the input."""
-    check_fields(
-        (
-            (f"pairs[{i}].{k}", getattr(p, k))
-            for i, p in enumerate(body.pairs)
-            for k in ("question", "answer")
-        ),
-        state.settings.max_field_chars,
-    )
+    fields = [
+        (f"pairs[{i}].{k}", getattr(p, k)) for i, p in enumerate(body.pairs) for k in ("question", "answer")
+    ]
     questions, answers = [p.question for p in body.pairs], [p.answer for p in body.pairs]
-    scored = await score_pairs(request, state, questions, answers)
-    _model_headers(response, scored)
+    scored = await score_pairs(request, state, questions, answers, fields)
+    model_headers(response, scored)
+    uncertainty, uncertainty_normalized = uncertainty_lists(scored)
     return ScoreResponse(
         scores=scored.scores.tolist(),
         normalized=scored.model.normalize(scored.scores).tolist(),
         truncated=scored.truncated.tolist(),
-        model=_ref(scored),
+        uncertainty=uncertainty,
+        uncertainty_normalized=uncertainty_normalized,
+        model=model_ref(scored),
     )
 
 
@@ -128,74 +85,36 @@ async def score_groups(
 ) -> GroupsResponse:
     """Several answers per question, plus within-group baselines and advantages for RL."""
     sizes = [len(g.answers) for g in body.groups]
-    check_fields(
-        [(f"groups[{i}].question", g.question) for i, g in enumerate(body.groups)]
-        + [
-            (f"groups[{i}].answers[{j}]", a)
-            for i, g in enumerate(body.groups)
-            for j, a in enumerate(g.answers)
-        ],
-        state.settings.max_field_chars,
-    )
+    fields = [(f"groups[{i}].question", g.question) for i, g in enumerate(body.groups)]
+    fields += [
+        (f"groups[{i}].answers[{j}]", a) for i, g in enumerate(body.groups) for j, a in enumerate(g.answers)
+    ]
     questions = [g.question for g in body.groups for _ in g.answers]
     answers = [a for g in body.groups for a in g.answers]
-    scored = await score_pairs(request, state, questions, answers)
-    _model_headers(response, scored)
+    scored = await score_pairs(request, state, questions, answers, fields)
+    model_headers(response, scored)
     normalized = scored.model.normalize(scored.scores)
     results = []
     start = 0
     for size in sizes:
-        part = scored.scores[start : start + size]
+        rows = slice(start, start + size)
+        part = scored.scores[rows]
         mean, loo = group_baselines(part)
+        uncertainty, uncertainty_normalized = uncertainty_lists(scored, rows)
         results.append(
             GroupResult(
                 scores=part.tolist(),
-                normalized=normalized[start : start + size].tolist(),
-                truncated=scored.truncated[start : start + size].tolist(),
+                normalized=normalized[rows].tolist(),
+                truncated=scored.truncated[rows].tolist(),
+                uncertainty=uncertainty,
+                uncertainty_normalized=uncertainty_normalized,
                 mean=mean,
                 leave_one_out_baselines=loo.tolist(),
                 advantages=(part - loo).tolist(),
             )
         )
         start += size
-    return GroupsResponse(groups=results, model=_ref(scored))
-
-
-def split_query(query: str, prompt: str) -> tuple[str, str]:
-    """OpenRLHF sends prompt + response; the answer is what follows the prompt."""
-    if prompt and query.startswith(prompt):
-        return prompt, query[len(prompt) :]
-    return prompt, query
-
-
-@router.post(
-    "/get_reward", response_model=GetRewardResponse, responses=ERRORS, dependencies=[Depends(require_api_key)]
-)
-async def get_reward(
-    body: GetRewardRequest, request: Request, response: Response, state: StateDep
-) -> GetRewardResponse:
-    """Drop-in for OpenRLHF's remote reward model API."""
-    prompts = body.prompts if body.prompts is not None else [""] * len(body.query)
-    if len(prompts) != len(body.query):
-        raise ValidationFailed(
-            f"{len(body.query)} queries but {len(prompts)} prompts: send one prompt per query"
-        )
-    check_fields(
-        [(f"query[{i}]", q) for i, q in enumerate(body.query)]
-        + [(f"prompts[{i}]", p) for i, p in enumerate(prompts)],
-        state.settings.max_field_chars,
-    )
-    split = [split_query(q, p) for q, p in zip(body.query, prompts, strict=True)]
-    scored = await score_pairs(request, state, [q for q, _ in split], [a for _, a in split])
-    _model_headers(response, scored)
-    raw = scored.scores.tolist()
-    return GetRewardResponse(
-        rewards=raw,
-        scores=raw,
-        normalized=scored.model.normalize(scored.scores).tolist(),
-        truncated=scored.truncated.tolist(),
-        model=_ref(scored),
-    )
+    return GroupsResponse(groups=results, model=model_ref(scored))
 
 
 @router.get("/healthz")
@@ -239,3 +158,6 @@ async def reload(body: ReloadRequest, state: StateDep) -> JSONResponse:
     content = ReloadResponse(model=new.summary(), previous=previous.summary() if previous else None)
     headers = {"X-Model-Name": new.name, "X-Model-Version": new.version}
     return JSONResponse(content.model_dump(mode="json"), headers=headers)
+
+
+trainers.register(router)  # the trainers' protocols: service/trainers.py

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.api import CLIENT_CLOSED, ClientGone, router
+from service.api import router
 from service.errors import RoutingFailed, ServiceError, ValidationFailed, error_response
 from service.limits import BodyLimitMiddleware
 from service.metrics import ServiceMetrics
@@ -30,6 +30,7 @@ from service.middleware import RequestMetricsMiddleware
 from service.model import BackendFactory, onnx_backend
 from service.settings import ServiceSettings
 from service.state import ServiceState
+from service.submit import CLIENT_CLOSED, ClientGone
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ A bundle is a directory (see DESIGN.md)::
     model.onnx        fp32 graph, dynamic batch and sequence axes
     model.int8.onnx   statically quantised graph; present only when it passed the export gate
     tokenizer.json    the fast tokenizer
+    chat_template.jinja   the chat template, for a `chat` bundle only (manifest `input_format`)
 
 Training writes it with :func:`write_manifest`; the service reads it with :func:`load_bundle`, which
 refuses a bundle (raising a :class:`BundleError` subclass that names the problem) unless the format
@@ -29,14 +30,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from tokenizers import Tokenizer
 
-from service.encoding import TRUNCATION_POLICY_NAME, PairEncoder, TruncationPolicy
+from service.chat import ChatEncoder
+from service.chat_template import ChatTemplate
+from service.conversation import TemplateRenderError
+from service.encoding import (
+    CHAT_TRUNCATION_POLICY_NAME,
+    TRUNCATION_POLICY_NAME,
+    Encoder,
+    InputFormat,
+    PairEncoder,
+    TruncationPolicy,
+)
 
 BUNDLE_FORMAT: Final = "reward-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
+CHAT_TEMPLATE_NAME: Final = "chat_template.jinja"
 MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 Precision = Literal["fp32", "int8"]
@@ -64,10 +77,25 @@ class IntegrityError(BundleError):
 
 
 class TruncationInfo(BaseModel):
+    """`service.encoding` (pair) or `service.chat` (chat) truncation; ``min_question_tokens`` is the
+    pair policy's (a chat bundle drops whole turns instead and writes 0)."""
+
     model_config = ConfigDict(extra="forbid")
-    policy: Literal["question-left-then-answer-right"] = TRUNCATION_POLICY_NAME
+    policy: Literal["question-left-then-answer-right", "turns-left-then-answer-right"] = (
+        TRUNCATION_POLICY_NAME
+    )
     max_length: int = Field(ge=8)
-    min_question_tokens: int = Field(ge=0)
+    min_question_tokens: int = Field(default=0, ge=0)
+
+
+class ChatTemplateInfo(BaseModel):
+    """The chat template of a `chat` bundle: the Jinja source is the file ``chat_template.jinja`` (its
+    sha256 in ``files``); ``special_tokens`` are the variables transformers renders it with (the
+    tokenizer's ``special_tokens_map``: ``bos_token``, ``eos_token``, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: Literal["chat_template.jinja"] = CHAT_TEMPLATE_NAME
+    special_tokens: dict[str, str] = Field(default_factory=dict)
 
 
 class ScoreStats(BaseModel):
@@ -144,6 +172,27 @@ class Manifest(BaseModel):
     export_config: dict[str, object] = Field(default_factory=dict)
     heads: HeadsInfo | None = None  # None: one quality head, no length head (every older bundle)
     length_correction: LengthCorrectionInfo | None = None  # None: scores are served as the graph gives them
+    input_format: InputFormat = "pair"  # every older bundle is a pair bundle
+    chat_template: ChatTemplateInfo | None = None  # required for (and only for) input_format "chat"
+
+    @model_validator(mode="after")
+    def _format_is_consistent(self) -> Manifest:
+        if self.input_format == "chat":
+            if self.chat_template is None or CHAT_TEMPLATE_NAME not in self.files:
+                raise ValueError(f"a chat bundle needs chat_template and {CHAT_TEMPLATE_NAME} in files")
+            if self.truncation.policy != CHAT_TRUNCATION_POLICY_NAME:
+                raise ValueError(f"a chat bundle truncates with {CHAT_TRUNCATION_POLICY_NAME!r}")
+        else:
+            if self.chat_template is not None:
+                raise ValueError("chat_template is only for input_format 'chat'")
+            if self.truncation.policy != TRUNCATION_POLICY_NAME:
+                raise ValueError(f"a pair bundle truncates with {TRUNCATION_POLICY_NAME!r}")
+        return self
+
+    @property
+    def chat_template_sha256(self) -> str | None:
+        """The template's hash (from ``files``), reported by the service; None for a pair bundle."""
+        return self.files.get(CHAT_TEMPLATE_NAME) if self.input_format == "chat" else None
 
     @property
     def output_names(self) -> list[str]:
@@ -162,6 +211,9 @@ class Manifest(BaseModel):
     @property
     def truncation_policy(self) -> TruncationPolicy:
         return TruncationPolicy(self.max_length, self.truncation.min_question_tokens)
+
+
+OPTIONAL_ENTRIES = ("heads", "length_correction", "chat_template")  # left out of manifest.json when absent
 
 
 @dataclass(frozen=True)
@@ -185,12 +237,22 @@ class Bundle:
         """int8 when it shipped (it passed the accuracy and batch-independence gate), else fp32."""
         return "int8" if "int8" in self.manifest.precisions else "fp32"
 
-    def encoder(self) -> PairEncoder:
+    def encoder(self) -> Encoder:
+        """The bundle's encoder (pair or chat, per the manifest), padding with the manifest's pad id."""
+        m = self.manifest
         path = self.path / TOKENIZER_NAME
         try:
-            return PairEncoder.from_file(path, self.manifest.truncation_policy)
+            tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # the tokenizers library raises a bare Exception for a bad file
             raise IntegrityError(f"{path} is not a valid tokenizer: {exc}") from exc
+        if m.input_format == "pair" or m.chat_template is None:
+            return PairEncoder(tokenizer, m.truncation_policy, m.pad_token_id)
+        source_path = self.path / m.chat_template.file
+        try:
+            template = ChatTemplate(source_path.read_text(encoding="utf-8"), m.chat_template.special_tokens)
+        except (OSError, UnicodeDecodeError, TemplateRenderError, ValueError) as exc:
+            raise IntegrityError(f"{source_path} is not a usable chat template: {exc}") from exc
+        return ChatEncoder(tokenizer, template, m.truncation_policy, m.pad_token_id)
 
 
 def sha256_file(path: Path) -> str:
@@ -212,7 +274,7 @@ def write_manifest(bundle_dir: Path, fields: dict[str, object]) -> Manifest:
     """
     files = {
         name: sha256_file(bundle_dir / name)
-        for name in (TOKENIZER_NAME, *MODEL_FILES.values())
+        for name in (TOKENIZER_NAME, CHAT_TEMPLATE_NAME, *MODEL_FILES.values())
         if (bundle_dir / name).is_file()
     }
     if MODEL_FILES["fp32"] not in files:
@@ -228,7 +290,8 @@ def write_manifest(bundle_dir: Path, fields: dict[str, object]) -> Manifest:
         )
     except ValidationError as exc:
         raise ManifestError(f"refusing to write an invalid manifest: {exc}") from exc
-    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True)
+    absent = {name for name in OPTIONAL_ENTRIES if getattr(manifest, name) is None}  # as older bundles
+    text = json.dumps(manifest.model_dump(mode="json", exclude=absent), indent=2, sort_keys=True)
     (bundle_dir / MANIFEST_NAME).write_text(text + "\n", encoding="utf-8")
     return manifest
 

@@ -8,6 +8,12 @@ Truncation policy (DESIGN.md): a pair is never dropped. When question + answer e
 ``max_length``, the *question* is cut from the left (the latest turns of a dialogue matter most),
 down to ``min_question_tokens``; only then is the answer cut from the right. Each encoded pair
 says whether it was cut.
+
+Two input formats share one interface (:class:`Encoder`): ``pair`` (:class:`PairEncoder`, a cross-encoder
+reading question and answer through the tokenizer's pair template) and ``chat`` (`service.chat.ChatEncoder`,
+a conversation rendered with the model's chat template). Both take pairs and conversations, each the
+way its model was trained (`service.conversation`), and both return :class:`EncodedPair` rows, so the
+batcher, the export gate, training and evaluation never ask which one they hold.
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal, Protocol
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from service.conversation import Conversation, ConversationError, conversation_to_hh, validate_conversation
+
 TRUNCATION_POLICY_NAME: Final = "question-left-then-answer-right"
+CHAT_TRUNCATION_POLICY_NAME: Final = "turns-left-then-answer-right"
+InputFormat = Literal["pair", "chat"]
 
 
 @dataclass(frozen=True)
@@ -78,20 +88,61 @@ def split_budget(question_len: int, answer_len: int, budget: int, min_question: 
     return question_keep, min(answer_len, answer_keep)
 
 
+class Encoder(Protocol):
+    """What every consumer of encodings needs: the batcher, the export gate, training, evaluation."""
+
+    input_format: InputFormat
+    truncation_policy_name: str  # the manifest's `truncation.policy`
+    policy: TruncationPolicy
+    pad_token_id: int  # the one pad id of the bundle: `pad_batch` fills padding with it
+
+    def encode(self, questions: Sequence[str], answers: Sequence[str]) -> list[EncodedPair]: ...
+
+    def encode_one(self, question: str, answer: str) -> EncodedPair: ...
+
+    def encode_conversations(self, conversations: Sequence[object]) -> list[EncodedPair]:
+        """Raw message lists → encodings; raises a `ConversationError` naming the bad item."""
+        ...
+
+
+def validate_conversations(conversations: Sequence[object]) -> list[Conversation]:
+    """Check every conversation; the error of a bad one is prefixed with its index in the request."""
+    checked = []
+    for i, raw in enumerate(conversations):
+        try:
+            checked.append(validate_conversation(raw))
+        except ConversationError as exc:
+            raise type(exc)(f"conversation {i}: {exc}") from exc
+    return checked
+
+
 class PairEncoder:
     """Encode pairs with a `tokenizers` fast tokenizer and the truncation policy."""
 
-    def __init__(self, tokenizer: Tokenizer, policy: TruncationPolicy) -> None:
+    input_format: InputFormat = "pair"
+    truncation_policy_name = TRUNCATION_POLICY_NAME
+
+    def __init__(
+        self, tokenizer: Tokenizer, policy: TruncationPolicy, pad_token_id: int | None = None
+    ) -> None:
+        """``pad_token_id``: the bundle's (manifest) pad id; None picks the tokenizer's (a new run)."""
         tokenizer.no_truncation()  # the policy below replaces the tokenizer's own truncation
         tokenizer.no_padding()  # padding happens per sub-batch in `pad_batch`
         self.tokenizer = tokenizer
         self.policy = policy
         self._content_budget = policy.max_length - tokenizer.num_special_tokens_to_add(is_pair=True)
-        self.pad_token_id = _pad_token_id(tokenizer)
+        self.pad_token_id = default_pad_token_id(tokenizer) if pad_token_id is None else pad_token_id
 
     @classmethod
-    def from_file(cls, tokenizer_json: str | Path, policy: TruncationPolicy) -> PairEncoder:
-        return cls(Tokenizer.from_file(str(tokenizer_json)), policy)
+    def from_file(
+        cls, tokenizer_json: str | Path, policy: TruncationPolicy, pad_token_id: int | None = None
+    ) -> PairEncoder:
+        return cls(Tokenizer.from_file(str(tokenizer_json)), policy, pad_token_id)
+
+    def encode_conversations(self, conversations: Sequence[object]) -> list[EncodedPair]:
+        """Conversations read as hh-rlhf pairs: the format the default `pair` bundle was trained on."""
+        pairs = [conversation_to_hh(c) for c in validate_conversations(conversations)]
+        return self.encode([q for q, _ in pairs], [a for _, a in pairs])
 
     def encode(self, questions: Sequence[str], answers: Sequence[str]) -> list[EncodedPair]:
         """Encode pairs in one batched (Rust, multi-threaded) tokenizer call."""
@@ -139,7 +190,10 @@ def pad_batch(pairs: Sequence[EncodedPair], pad_token_id: int) -> dict[str, np.n
     }
 
 
-def _pad_token_id(tokenizer: Tokenizer) -> int:
+def default_pad_token_id(tokenizer: Tokenizer) -> int:
+    """The pad id a new run uses: the tokenizer's padding config, else a known pad-like token, else 0.
+    Any id is safe for the score (padding is masked and the score is read at the last real token);
+    the bundle keeps the one chosen so every later encoding pads with the same id."""
     padding = tokenizer.padding
     if padding is not None and "pad_id" in padding:
         return int(padding["pad_id"])

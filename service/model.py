@@ -33,7 +33,7 @@ from service.bundle import (
     Precision,
     load_bundle,
 )
-from service.encoding import PairEncoder, pad_batch
+from service.encoding import Encoder, pad_batch
 from service.errors import InferenceFailed
 
 BackendFactory = Callable[[Path, Sequence[str], int], Backend]
@@ -62,7 +62,7 @@ class LoadedModel:
     bundle: Bundle
     precision: Precision
     backend: Backend
-    encoder: PairEncoder
+    encoder: Encoder
     apply_length_correction: bool = True  # the setting; only matters when the manifest has one
 
     @property
@@ -72,6 +72,12 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return self.bundle.manifest.version
+
+    @property
+    def version_id(self) -> int:
+        """A number that changes with the bundle, for logs that take numbers only (OpenRLHF's
+        extra_logs): the first 24 bits of the manifest's sha256, exact even as a float32."""
+        return int(self.bundle.sha256[:6], 16)
 
     @property
     def length_correction(self) -> LengthCorrectionInfo | None:

@@ -30,7 +30,9 @@ class ModelRef(BaseModel):
 
 
 UNCERTAINTY = "per item: std across the bundle's ensemble of quality heads, in raw score units; null when the bundle has no ensemble"
-UNCERTAINTY_NORMALIZED = "uncertainty / train std (the units of `normalized`); null when the bundle has no ensemble"
+UNCERTAINTY_NORMALIZED = (
+    "uncertainty / train std (the units of `normalized`); null when the bundle has no ensemble"
+)
 SCORES = "reward-model scores (length-corrected when the bundle has a correction: see /v1/models)"
 
 

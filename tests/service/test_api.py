@@ -35,7 +35,9 @@ def offline_scores(bundle: Path, pairs: list[dict[str, str]]) -> np.ndarray:
     """Each pair scored alone straight through onnxruntime: what the service must return."""
     model = load_model(bundle, "auto", 1)
     encoded = model.encoder.encode([p["question"] for p in pairs], [p["answer"] for p in pairs])
-    return np.array([model.backend.score(pad_batch([e], model.encoder.pad_token_id))[0] for e in encoded])
+    return np.array(
+        [model.backend.run(pad_batch([e], model.encoder.pad_token_id))["score"][0] for e in encoded]
+    )
 
 
 def test_score_returns_each_pair_its_own_score_in_order(shared_live: LiveServer, bundle_v1: Path) -> None:
@@ -156,7 +158,9 @@ def test_get_reward_splits_prompt_from_query(shared_live: LiveServer) -> None:
     body = response.json()
     direct = httpx.post(f"{shared_live.url}/score", json={"pairs": [{"question": prompt, "answer": answer}]})
     assert body["rewards"] == pytest.approx(direct.json()["scores"], abs=1e-4)
-    assert body["scores"] == body["rewards"]
+    normalized = direct.json()["normalized"][0]
+    assert body["scores"] == pytest.approx([1 / (1 + math.exp(-normalized))], abs=1e-6)  # calibrated
+    assert body["extra_logs"]["rm_truncated"] == [0.0] and "rm_uncertainty" not in body["extra_logs"]
     mismatch = httpx.post(f"{shared_live.url}/get_reward", json={"query": ["a", "b"], "prompts": ["a"]})
     assert mismatch.status_code == 422
     assert mismatch.json()["error"]["type"] == "validation_failed"
@@ -170,7 +174,8 @@ def test_health_ready_models_docs(shared_live: LiveServer) -> None:
     models = httpx.get(f"{shared_live.url}/v1/models").json()
     assert models["data"][0]["sha256"] == load_bundle(shared_live.settings.bundle or Path()).sha256
     openapi = httpx.get(f"{shared_live.url}/openapi.json").json()
-    for route in ("/score", "/score/groups", "/get_reward", "/healthz", "/readyz", "/metrics", "/v1/models"):
+    routes = ("/score", "/score/groups", "/get_reward", "/classify", "/v1/embeddings", "/slime/reward")
+    for route in (*routes, "/healthz", "/readyz", "/metrics", "/v1/models"):
         assert route in openapi["paths"], route
     assert "/admin/reload" in openapi["paths"]
     assert httpx.get(f"{shared_live.url}/docs").status_code == 200
@@ -404,12 +409,18 @@ def test_503_when_the_configured_bundle_is_corrupt(tmp_path: Path) -> None:
         assert "corrupt" in ready.json()["error"]["message"]
 
 
-def test_split_query_and_group_baselines_by_hand() -> None:
-    from service.api import group_baselines, split_query
+def test_split_rendered_and_group_baselines_by_hand() -> None:
+    from service.api import group_baselines
+    from service.rendered import split_rendered
 
-    assert split_query("Q: hi A: hello", "Q: hi") == ("Q: hi", " A: hello")
-    assert split_query("something else", "Q: hi") == ("Q: hi", "something else")  # not a prefix: whole query
-    assert split_query("only a query", "") == ("", "only a query")
+    assert split_rendered("Q: hi A: hello", "Q: hi") == ("Q: hi", " A: hello")
+    assert split_rendered("something else", "Q: hi") == ("Q: hi", "something else")  # no prefix, no marker
+    assert split_rendered("only a query", "") == ("", "only a query")
+    assert split_rendered("only a query") == ("", "only a query")
+    hh = "\n\nHuman: Hi?\n\nAssistant: Hello.\n\nHuman: And?\n\nAssistant: Bye."
+    assert split_rendered(hh) == (hh[: -len(" Bye.")], " Bye.")  # after the last marker, space kept
+    assert split_rendered(hh, "\n\nHuman: Hi?") == ("\n\nHuman: Hi?", hh[len("\n\nHuman: Hi?") :])
+    assert split_rendered(hh, "not a prefix") == (hh[: -len(" Bye.")], " Bye.")  # the marker rule
     mean, loo = group_baselines(np.array([1.0, 2.0, 6.0]))
     assert mean == 3.0 and loo.tolist() == [4.0, 3.5, 1.5]
     mean, loo = group_baselines(np.array([5.0]))

@@ -34,16 +34,17 @@ class RecordingBackend:
     def __init__(self, inner: OnnxBackend, delay: float = 0.0) -> None:
         self.inner = inner
         self.input_names = inner.input_names
+        self.output_names = inner.output_names
         self.delay = delay
         self.shapes: list[tuple[int, int]] = []
 
     def health(self) -> None:
         self.inner.health()
 
-    def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.shapes.append(batch["input_ids"].shape)
         time.sleep(self.delay)
-        return self.inner.score(batch)
+        return self.inner.run(batch)
 
 
 def recording_model(bundle: Path, precision: str = "auto", delay: float = 0.0) -> LoadedModel:
@@ -63,7 +64,9 @@ def make_batcher(**overrides: float) -> Batcher:
 
 def alone_scores(model: LoadedModel, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
     encoded = model.encoder.encode([q for q, _ in pairs], [a for _, a in pairs])
-    return np.array([model.backend.score(pad_batch([e], model.encoder.pad_token_id))[0] for e in encoded])
+    return np.array(
+        [model.backend.run(pad_batch([e], model.encoder.pad_token_id))["score"][0] for e in encoded]
+    )
 
 
 def test_plan_subbatches_respects_pairs_and_padded_tokens() -> None:

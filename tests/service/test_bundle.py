@@ -142,3 +142,46 @@ def test_write_manifest_hashes_present_files_and_refuses_without_fp32(
     shutil.copyfile(bundle_dir / MODEL_FILES["fp32"], empty / MODEL_FILES["fp32"])
     with pytest.raises(ManifestError, match="refusing to write an invalid manifest"):
         write_manifest(empty, {**fields, "name": ""})
+
+
+CORRECTION = {"kind": "linear", "slope": 0.25, "intercept": 1.0, "unit": "answer_tokens", "mean_length": 3.0,
+              "fitted_on": 400, "pearson": -0.6}  # fmt: skip
+
+
+def test_older_manifests_without_heads_or_correction_load_as_one_plain_head(bundle_dir: Path) -> None:
+    raw = json.loads((bundle_dir / MANIFEST_NAME).read_text())
+    assert "heads" not in raw and "length_correction" not in raw  # what every earlier export wrote
+    manifest = load_bundle(bundle_dir).manifest
+    assert manifest.heads is None and manifest.length_correction is None
+    assert manifest.output_names == ["score"]
+
+
+def test_heads_and_length_correction_are_read_and_name_the_outputs(bundle_dir: Path) -> None:
+    edit_manifest(bundle_dir, heads={"quality": 5, "length": True}, length_correction=CORRECTION)
+    manifest = load_bundle(bundle_dir).manifest
+    assert manifest.output_names == ["score", "uncertainty", "length_score"]
+    assert manifest.length_correction is not None and manifest.length_correction.slope == 0.25
+    edit_manifest(bundle_dir, heads={"quality": 1, "length": True})
+    assert load_bundle(bundle_dir).manifest.output_names == ["score", "length_score"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("heads", {"quality": 0, "length": False}, "quality"),
+        ("heads", {"quality": 2, "length": False, "members": 2}, "members"),
+        ("length_correction", {**CORRECTION, "unit": "characters"}, "unit"),
+        ("length_correction", {**CORRECTION, "kind": "quadratic"}, "kind"),
+        ("length_correction", {**CORRECTION, "slope": "NaN"}, "slope"),
+        ("length_correction", {**CORRECTION, "mean_length": -1.0}, "mean_length"),
+        ("length_correction", {**CORRECTION, "fitted_on": 1}, "fitted_on"),
+        ("length_correction", {**CORRECTION, "offset": 2.0}, "offset"),
+        ("length_correction", {k: v for k, v in CORRECTION.items() if k != "slope"}, "slope"),
+    ],
+)
+def test_invalid_heads_or_correction_are_refused_naming_the_field(
+    bundle_dir: Path, field: str, value: object, problem: str
+) -> None:
+    edit_manifest(bundle_dir, **{field: value})
+    with pytest.raises(ManifestError, match=problem):
+        load_bundle(bundle_dir)

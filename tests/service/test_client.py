@@ -43,7 +43,8 @@ def scripted_app(
             )
         items = body[key]
         scores = [float(len(item[name] if name else item)) for item in items]
-        return {"scores": scores, "normalized": [s / 10 for s in scores], "truncated": [False] * len(items),
+        scores_key = "scores" if key == "pairs" else "rewards"  # /get_reward: OpenRLHF's names
+        return {scores_key: scores, "normalized": [s / 10 for s in scores], "truncated": [False] * len(items),
                 "model": {"name": "fake", "version": version}}  # fmt: skip
 
     @app.post("/score")

@@ -16,7 +16,9 @@ from tests.bundle_factory import make_tiny_bundle
 from training.demo import (
     DemoError,
     DemoPaths,
+    made_step,
     print_summary,
+    reusable,
     rlhf,
     running_service,
     shown,
@@ -77,15 +79,28 @@ def _summary_inputs(tmp_path: Path) -> tuple[DemoPaths, dict, dict]:
     }
     (paths.bundle / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     policy = {
-        "before": {"mean_raw": -0.1, "scored": 64, "mean_length": 34.5, "eos_fraction": 0.25},
-        "after": {"mean_raw": 0.16, "scored": 64, "mean_length": 16.4, "eos_fraction": 0.92},
+        "before": {"mean_raw": -0.1, "mean_normalized": -0.23, "scored": 64, "mean_length": 34.5,
+                   "median_length": 40, "eos_fraction": 0.25},
+        "after": {"mean_raw": 0.16, "mean_normalized": 0.36, "scored": 64, "mean_length": 16.4,
+                  "median_length": 6, "eos_fraction": 0.92},
         "gain_in_std": 0.59,
         "gain_se_in_std": 0.07,
         "greedy_gain_in_std": None,
         "kl_last": 6.7,
         "scoring_share_mean": 0.008,
-    }
+    }  # fmt: skip
     return paths, {"pairs": 200, "accuracy": 0.62}, policy
+
+
+def _write_samples(paths: DemoPaths, name: str, answers: list[str], gold: float) -> None:
+    paths.policy_run.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"prompt": i, "question": f"\n\nHuman: question {i}?\n\nAssistant:", "answer": a, "length": 3,
+         "score": 0.22 * i, "gold_score": gold}
+        for i, a in enumerate(answers)
+    ]  # fmt: skip
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (paths.policy_run / f"eval_{name}_samples.jsonl").write_text(text, encoding="utf-8")
 
 
 def test_summary_shows_the_gain_and_only_the_evaluations_that_ran(
@@ -94,7 +109,107 @@ def test_summary_shows_the_gain_and_only_the_evaluations_that_ran(
     paths, eval_report, policy = _summary_inputs(tmp_path)
     print_summary(paths, eval_report, policy)
     out = capsys.readouterr().out
-    assert "+0.59 ± 0.07 (64 samples" in out and "34.5 → 16.4 tokens" in out
-    assert "greedy" not in out and "nan" not in out
+    assert "-0.23 → +0.36 std: +0.59 ± 0.07 (64 held-out samples" in out
+    assert "34.5 → 16.4 tokens (median 40 → 6" in out
+    assert "greedy" not in out and "gold" not in out and "nan" not in out
     print_summary(paths, eval_report, {**policy, "greedy_gain_in_std": 0.4, "greedy_gain_se_in_std": 0.1})
-    assert re.search(r"gain in RM score std \(greedy\) +\+0\.40 ± 0\.10", capsys.readouterr().out)
+    assert re.search(r"proxy gain \(greedy\) +\+0\.40 ± 0\.10", capsys.readouterr().out)
+
+
+def test_summary_shows_the_gold_the_sorry_share_and_answers_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths, eval_report, policy = _summary_inputs(tmp_path)
+    gold_model = {
+        "name": "gold", "version": "g1", "score": {"mean": 0.5, "std": 0.25},
+        "length_correction": {"slope": -0.0123, "applied": True},
+    }  # fmt: skip
+    policy |= {"gold_model": gold_model, "gold_gain_in_std": -0.3, "gold_gain_se_in_std": 0.1,
+               "verdict": "over-optimised: the proxy rose, the gold fell"}  # fmt: skip
+    policy["before"] |= {"gold_mean_normalized": 0.1, "gold_length_pearson": 0.05, "length_pearson": -0.6}
+    policy["after"] |= {"gold_mean_normalized": -0.2, "gold_length_pearson": 0.02, "length_pearson": -0.7}
+    _write_samples(
+        paths, "before", ["Well, you could try this and that.", "Sure.", "Let me see.", "ok"], 0.75
+    )
+    _write_samples(paths, "after", ["I'm sorry.", "I'm sorry, I can't.", "No.", "Sorry"], 0.25)
+    print_summary(paths, eval_report, policy, gold_eval={"pairs": 200, "accuracy": 0.605}, examples=2)
+    out = capsys.readouterr().out
+    assert re.search(r"gold reward model \(never optimised\) +gold g1, length-corrected \(-0\.0123 per", out)
+    assert "60.5% on its 200 validation pairs" in out
+    assert "+0.10 → -0.20 std: -0.30 ± 0.10 (gold's own Pearson(score, length) +0.05 → +0.02" in out
+    assert "proxy's -0.60 → -0.70" in out
+    assert re.search(r"verdict +over-optimised: the proxy rose, the gold fell", out)
+    assert re.search(r'answers containing "sorry" +0% → 75% \(4 held-out samples\)', out)
+    examples = out[out.index("held-out prompts, first sampled answer") :].splitlines()
+    assert examples[1:7] == [
+        "1. question 0?",
+        "   before: Well, you could try this and that.  [proxy +0.0, gold +1.0]",
+        "   after : I'm sorry.  [proxy +0.0, gold -1.0]",
+        "2. question 1?",
+        "   before: Sure.  [proxy +0.5, gold +1.0]",
+        "   after : I'm sorry, I can't.  [proxy +0.5, gold -1.0]",
+    ]
+    assert str(paths.policy_run / "eval_after_samples.jsonl") in out
+
+
+def test_a_finished_step_is_reused_only_with_the_options_it_was_made_with(tmp_path: Path) -> None:
+    done = tmp_path / "final" / "model.safetensors"
+    assert not reusable(tmp_path, done, ["--epochs", "1.0"], ["--epochs", "1.0"])  # nothing finished yet
+    done.parent.mkdir()
+    done.write_bytes(b"weights")
+    # no record: an earlier demo's model, which was always made with the plain options
+    assert reusable(tmp_path, done, ["--epochs", "1.0"], ["--epochs", "1.0"])
+    assert not reusable(tmp_path, done, ["--epochs", "1.0", "--length-head"], ["--epochs", "1.0"])
+    made = made_step("step", [sys.executable, "-c", "pass"], tmp_path, ["--length-head"], True, done)
+    assert made  # the plain model was not reused for other options, and the step recorded its own
+    assert reusable(tmp_path, done, ["--length-head"], [])
+    assert not made_step("step", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path, ["--length-head"],
+                         True, done)  # fmt: skip
+    with pytest.raises(DemoError, match="exit 3"):
+        made_step(
+            "step", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path, ["--length-head"], False, done
+        )
+
+
+def test_demo_trains_a_gold_that_differs_and_gives_it_to_the_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands the demo runs (recorded, not run): proxy with --rm-options, a gold with another seed
+    exported with its length correction, and a policy run scored by that gold; --reuse skips both."""
+    import training.demo as demo
+
+    ran: list[list[str]] = []
+
+    def fake_step(title: str, command: list[str], capture: bool = False) -> str:
+        args = command[len(rlhf()) :]
+        ran.append(args)
+        out = Path(args[args.index("--out") + 1]) if "--out" in args else None
+        if args[0] == "train-rm" and out is not None:
+            (out / "final").mkdir(parents=True, exist_ok=True)
+            (out / "final" / "model.safetensors").write_bytes(b"w")
+        elif args[0] == "export" and out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "manifest.json").write_text("{}")
+        return json.dumps({"pairs": 200, "accuracy": 0.6})
+
+    monkeypatch.setattr(demo, "run_step", fake_step)
+    monkeypatch.setattr(demo, "write_val_pairs", lambda run, out: 200)
+    paths = DemoPaths(tmp_path)
+    options = demo.DemoOptions(rm_options=("--quality-heads", "4"), policy_uncertainty_penalty=0.5)
+    eval_report, gold_eval = demo.build_models(paths, options)
+    assert eval_report == gold_eval == {"pairs": 200, "accuracy": 0.6}
+    commands = [" ".join(a) for a in ran]
+    assert commands[0].startswith(f"train-rm --out {paths.reward_run} --epochs 1.0 --quality-heads 4")
+    assert commands[1] == f"export {paths.reward_run} --out {paths.bundle} --overwrite"
+    assert commands[3].startswith(f"train-rm --out {paths.gold_run} --seed 1 ")
+    assert "--max-length 128" in commands[3] and "--quality-heads" not in commands[3]
+    assert commands[4].startswith(f"export {paths.gold_run} --out {paths.gold_bundle}")
+    assert "--length-correction" in commands[4] and "--no-int8" in commands[4]
+    policy = " ".join(demo._policy_command(paths, "http://x", options)[len(rlhf()) :])
+    assert f"--gold-bundle {paths.gold_bundle}" in policy and "--uncertainty-penalty 0.5" in policy
+    ran.clear()
+    demo.build_models(paths, options)  # --reuse: only the two evaluations run again
+    assert [a[0] for a in ran] == ["eval", "eval"]
+    ran.clear()
+    demo.build_models(paths, demo.DemoOptions(rm_options=("--length-head",)))  # other options: retrain
+    assert [a[0] for a in ran] == ["train-rm", "export", "eval", "eval"]

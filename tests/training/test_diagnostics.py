@@ -38,3 +38,22 @@ def test_auroc_matches_the_pairwise_definition_on_random_data() -> None:
 
 def test_pair_uncertainty_is_the_mean_of_both_answers() -> None:
     assert pair_uncertainty(np.array([0.2, 1.0]), np.array([0.4, 0.0])).tolist() == pytest.approx([0.3, 0.5])
+
+
+def test_evaluate_scores_reports_length_correlation_and_uncertainty_aurocs() -> None:
+    from training.reward.data import PreferencePair
+    from training.reward.evaluate import evaluate_scores
+
+    pairs = [PreferencePair("q", f"chosen {i}", f"rejected {i}") for i in range(4)]
+    chosen, rejected = np.array([1.0, 0.0, 2.0, 0.5]), np.array([0.0, 1.0, 1.0, 1.5])  # pairs 1, 3 wrong
+    tokens = (np.array([1, 2, 3, 4]), np.array([5, 6, 7, 8]))
+    spread = (np.array([0.1, 0.9, 0.2, 0.3]), np.array([0.1, 0.7, 0.2, 0.1]))  # pair means .1 .8 .2 .2
+    metrics = evaluate_scores(pairs, chosen, rejected, [False] * 4, tokens, spread)
+    scores = np.concatenate([chosen, rejected])
+    assert metrics["length_pearson"] == pytest.approx(np.corrcoef(scores, np.arange(1, 9))[0, 1])
+    # wrong pairs have uncertainty .8 and .2, right ones .1 and .2: (1 + 1 + 1 + 0.5) / 4
+    assert metrics["uncertainty_auroc"] == pytest.approx(3.5 / 4)
+    # |margin| 1, 1, 1, 1: every pair ties, no information
+    assert metrics["margin_auroc"] == 0.5
+    plain = evaluate_scores(pairs, chosen, rejected, [False] * 4)
+    assert plain["length_pearson"] is None and plain["uncertainty_auroc"] is None

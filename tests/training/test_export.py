@@ -174,8 +174,10 @@ def test_failed_int8_gate_ships_fp32_only_with_the_reason(run_dir: Path) -> None
 def test_parity_failure_is_an_error_and_leaves_no_bundle(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = export_module.torch_scores
-    monkeypatch.setattr(export_module, "torch_scores", lambda *a, **k: real(*a, **k) + 0.01)
+    real = export_module.torch_outputs
+    monkeypatch.setattr(
+        export_module, "torch_outputs", lambda *a, **k: {n: v + 0.01 for n, v in real(*a, **k).items()}
+    )
     out = run_dir.parent / "bundles" / "broken"
     with pytest.raises(ParityError, match=r"ONNX fp32 scores differ from PyTorch by up to 0\.01"):
         export_bundle(run_dir, out, ExportConfig(int8=False))

@@ -66,12 +66,18 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def encoded(base_dir: Path) -> list:
-    encoder = PairEncoder.from_file(base_dir / "tokenizer.json", TruncationPolicy(MAX_LENGTH, MIN_QUESTION_TOKENS))
+    encoder = PairEncoder.from_file(
+        base_dir / "tokenizer.json", TruncationPolicy(MAX_LENGTH, MIN_QUESTION_TOKENS)
+    )
     pairs = load_pairs().pairs[:24]
-    return encoder.encode([p.question for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    return encoder.encode(
+        [p.question for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    )
 
 
-def test_layout_is_saved_with_the_model_and_outputs_follow_it(base_dir: Path, tmp_path: Path, encoded: list) -> None:
+def test_layout_is_saved_with_the_model_and_outputs_follow_it(
+    base_dir: Path, tmp_path: Path, encoded: list
+) -> None:
     import torch
 
     from training.reward.model import head_outputs, layout_of, load_reward_model
@@ -169,3 +175,95 @@ def test_config_refuses_bad_head_settings() -> None:
         RewardConfig(base_model="x", quality_heads=0)
     with pytest.raises(ConfigError, match="length_coef"):
         RewardConfig(base_model="x", length_coef=-1.0)
+
+
+# -- end to end: train with heads -> export -> gate (fp32 + int8) -> eval -------------------------------
+
+
+@pytest.fixture(scope="module")
+def heads_run(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Path:
+    from tests.training.reward_helpers import write_pairs
+    from training.reward.config import RewardConfig
+    from training.reward.train import train
+
+    root = tmp_path_factory.mktemp("heads-run")
+    config = RewardConfig(
+        base_model=str(base_dir),
+        data=str(write_pairs(root / "pairs.jsonl.gz", n=64)),
+        val_fraction=0.25,
+        max_length=MAX_LENGTH,
+        min_question_tokens=MIN_QUESTION_TOKENS,
+        batch_size=8,
+        max_steps=4,
+        lr=1e-3,
+        eval_every=0,
+        checkpoint_every=0,
+        device="cpu",
+        quality_heads=3,
+        length_head=True,
+    )
+    train(config, root / "run", progress=False)
+    return root / "run"
+
+
+def test_training_with_heads_logs_their_terms_and_saves_the_layout(heads_run: Path, base_dir: Path) -> None:
+    import json
+
+    import torch
+
+    from training.reward.model import layout_of, load_reward_model
+
+    records = [json.loads(line) for line in (heads_run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "rank_loss" in r]
+    assert len(steps) == 4
+    for key in ("loss", "accuracy", "margin", "length_term", "rho_quality", "rho_length", "ortho"):
+        assert all(np.isfinite(r[key]) for r in steps), key
+    model = load_reward_model(str(heads_run / "final"))
+    assert layout_of(model) == HeadLayout(3, True)
+    base = load_reward_model(str(base_dir))
+    trained = dict(model.named_parameters())
+    changed = [n for n, p in base.named_parameters() if n in trained and not torch.equal(p, trained[n])]
+    assert any("encoder" in n for n in changed)  # the backbone learned, not only the heads
+
+
+def test_heads_bundle_passes_the_gate_and_eval_reports_the_warning_signs(heads_run: Path) -> None:
+    import torch
+
+    from service.bundle import load_bundle
+    from training.reward.data import load_run_split
+    from training.reward.evaluate import evaluate_bundle
+    from training.reward.export import ExportConfig, export_bundle
+    from training.reward.model import head_outputs, layout_of, load_reward_model
+
+    out = heads_run.parent / "bundle"
+    result = export_bundle(
+        heads_run, out, ExportConfig(version="1", max_int8_drop=100.0, length_correction=True)
+    )
+    manifest = load_bundle(out).manifest
+    assert manifest.precisions == ["fp32", "int8"]
+    assert manifest.heads is not None and (manifest.heads.quality, manifest.heads.length) == (3, True)
+    assert manifest.output_names == ["score", "uncertainty", "length_score"]
+    assert set(result.gate["max_abs_diff_by_output"]) == {"score", "uncertainty", "length_score"}
+    assert result.gate["batch_diff_fp32"] <= 1e-4 and result.gate["batch_diff_int8"] <= 1e-4
+    assert manifest.length_correction is not None
+    assert manifest.length_correction.model_dump() == result.gate["length_trend"]
+
+    # the ONNX outputs are the PyTorch heads' outputs on the same batch
+    bundle = load_bundle(out)
+    encoder = bundle.encoder()
+    _, val = load_run_split(heads_run)
+    encoded = encoder.encode([p.question for p in val], [p.chosen for p in val])
+    batch = pad_batch(encoded, encoder.pad_token_id)
+    onnx_values = score_outputs(make_session(bundle.model_path("fp32")), manifest.input_names, encoded, 0)
+    model = load_reward_model(str(heads_run / "final")).eval()
+    with torch.no_grad():
+        logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits
+    for name, value in head_outputs(logits, layout_of(model)).items():
+        assert np.abs(onnx_values[name] - value.double().numpy()).max() <= 1e-4, name
+
+    report = evaluate_bundle(out, heads_run.parent / "pairs.jsonl.gz", "int8", batch_size=8)
+    assert report.uncertainty_auroc is not None and report.margin_auroc is not None
+    assert report.length_pearson is not None and report.length_head_pearson is not None
+    assert report.uncorrected is not None  # the manifest's correction was applied, the raw numbers kept
+    text = report.format_text()
+    assert "uncertainty AUROC" in text and "length head Pearson" in text and "before: accuracy" in text

@@ -66,7 +66,9 @@ def test_manifest_entry_round_trips() -> None:
 
 
 def test_answer_tokens_are_read_from_the_encoded_pairs() -> None:
-    encoder = PairEncoder.from_file(minilm_tokenizer_json(), TruncationPolicy(max_length=32, min_question_tokens=8))
+    encoder = PairEncoder.from_file(
+        minilm_tokenizer_json(), TruncationPolicy(max_length=32, min_question_tokens=8)
+    )
     answers = ["Yes.", "I am not sure what you mean by that.", "word " * 60]
     encoded = encoder.encode(["What?"] * 3, answers)
     alone = [len(encoder.tokenizer.encode(a, add_special_tokens=False).ids) for a in answers]
@@ -81,7 +83,11 @@ def test_fit_on_any_bundle_scores_both_answers_with_its_graph(tmp_path: Path) ->
     fit = fit_bundle_length_correction(bundle_dir, pairs)
     bundle = load_bundle(bundle_dir)
     enc = bundle.encoder()
-    encoded = enc.encode([p.question for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
-    scores = score_encoded(make_session(bundle.model_path("fp32")), bundle.manifest.input_names, encoded, enc.pad_token_id)
+    encoded = enc.encode(
+        [p.question for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    )
+    scores = score_encoded(
+        make_session(bundle.model_path("fp32")), bundle.manifest.input_names, encoded, enc.pad_token_id
+    )
     expected = fit_length_correction(scores, answer_token_counts(encoded))
     assert fit == expected and fit.fitted_on == 80

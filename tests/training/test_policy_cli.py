@@ -64,17 +64,26 @@ def test_short_run_through_the_cli(tmp_path: Path) -> None:
     model = make_tiny_policy_dir(tmp_path / "model")
     prompts = write_prompts(tmp_path / "p.jsonl")
     bundle = make_tiny_bundle(tmp_path / "rm", version="3")
+    gold = make_tiny_bundle(tmp_path / "gold", name="gold", version="g", seed=4)
     out = tmp_path / "run"
     with LiveServer(create_app(settings_for(bundle))) as server:
         args = ["train-policy", "--service", server.url, "--model", str(model), "--prompts", str(prompts),
                 "--steps", "2", "--k", "2", "--prompts-per-step", "2", "--max-new-tokens", "4",
                 "--eval-prompts", "2", "--eval-samples", "1", "--lora-r", "4", "--out", str(out),
-                "--estimator", "group_norm", "--kl-coef", "0.05", "--ppo-epochs", "2"]  # fmt: skip
+                "--estimator", "group_norm", "--kl-coef", "0.05", "--ppo-epochs", "2",
+                "--gold-bundle", str(gold), "--gold-threads", "1"]  # fmt: skip
         result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+        assert result.exit_code == 0, result.output
+        # a penalty asked of a bundle without an ensemble: a clear error before any work
+        result_penalty = runner.invoke(
+            app, [*args, "--uncertainty-penalty", "0.5", "--out", str(tmp_path / "p")]
+        )
     assert "held-out reward:" in result.output and "RM score std" in result.output
+    assert "gold reward:" in result.output and "gold std" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["reward_model"]["version"] == "3"
+    assert summary["gold_model"]["version"] == "g"
+    assert result_penalty.exit_code == 1 and "--quality-heads" in result_penalty.output
 
 
 def test_bad_options_and_unreachable_service_fail_clearly(tmp_path: Path) -> None:

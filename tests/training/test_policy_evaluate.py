@@ -12,7 +12,13 @@ from types import SimpleNamespace
 import pytest
 
 from tests.training.policy_helpers import make_tiny_policy_dir, tiny_config, write_prompts
-from training.policy.evaluate import EvalResult, evaluate, gain_standard_error
+from training.policy.evaluate import (
+    EvalResult,
+    evaluate,
+    gain_standard_error,
+    gold_gain_standard_error,
+    pearson,
+)
 from training.policy.policy import Policy, load_policy
 from training.policy.prompts import Prompt, load_prompts_file
 
@@ -47,7 +53,12 @@ class _LengthScorer:
     async def score(self, pairs: list[tuple[str, str]]) -> SimpleNamespace:
         scores = [math.nan if "Human: is it safe" in q else float(len(a.split())) for q, a in pairs]
         return SimpleNamespace(
-            scores=scores, normalized=scores, errors=[], model_version="1", model_changed=False
+            scores=scores,
+            normalized=scores,
+            errors=[],
+            model_version="1",
+            model_changed=False,
+            uncertainty=None,
         )
 
 
@@ -90,3 +101,30 @@ def test_evaluation_does_not_depend_on_how_many_prompts_are_decoded_together(
             assert (tmp_path / f"b{batch_prompts}.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
     else:  # fixed seed: the same batching draws the same samples
         assert run(1, "again.jsonl").prompt_means == pytest.approx(one.prompt_means, nan_ok=True)
+
+
+def test_pearson_against_hand_computed_values_and_undefined_cases() -> None:
+    # x = 1, 2, 3, 4; y = 2, 4, 5, 9: centred (-1.5, -.5, .5, 1.5) and (-3, -1, 0, 4)
+    expected = (4.5 + 0.5 + 0 + 6) / math.sqrt(5.0 * 26.0)
+    assert pearson([1, 2, 3, 4], [2, 4, 5, 9]) == pytest.approx(expected)
+    assert pearson([1, 2, 3, 4, 99], [2, 4, 5, 9, math.nan]) == pytest.approx(expected)  # NaN pairs dropped
+    assert math.isnan(pearson([1, 2], [3, 4]))  # too few items
+    assert math.isnan(pearson([5, 5, 5], [1, 2, 3]))  # a constant side
+
+
+def test_gold_gain_is_paired_per_prompt_like_the_proxy() -> None:
+    before, after = _result([0.0, 0.0, 0.0]), _result([0.0, 0.0, 0.0])
+    before.gold_prompt_means, after.gold_prompt_means = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0]  # diffs 1, 2, 3
+    assert gold_gain_standard_error(before, after) == pytest.approx(1 / math.sqrt(3))
+    assert math.isnan(gold_gain_standard_error(_result([0.0]), _result([1.0])))  # no gold: no pairs
+
+
+def test_results_are_strict_json_and_come_back_unchanged() -> None:
+    result = _result([0.5, math.nan])
+    result.gold_prompt_means = [1.0, math.nan]
+    text = json.dumps(result.to_dict(), allow_nan=False)  # an undefined number is null, not NaN
+    back = EvalResult.from_dict(json.loads(text))
+    assert math.isnan(back.length_pearson) and math.isnan(back.gold_mean_raw)
+    assert back.prompt_means[0] == 0.5 and math.isnan(back.prompt_means[1])
+    assert back.gold_prompt_means[0] == 1.0 and math.isnan(back.gold_prompt_means[1])
+    assert back.mean_raw == result.mean_raw and back.scored == result.scored

@@ -23,9 +23,8 @@ NAN = float("nan")
 
 def _scores(values: list[float], version: str = "1", changed: bool = False) -> Scores:
     arr = np.array(values)
-    return Scores(
-        arr, arr, int(np.isnan(arr).sum()), ["boom"] if np.isnan(arr).any() else [], version, changed
-    )
+    errors = ["boom"] if np.isnan(arr).any() else []
+    return Scores(arr, arr, arr, np.full_like(arr, np.nan), int(np.isnan(arr).sum()), errors, version, changed)
 
 
 def test_models_response_parsing() -> None:

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.policy.gold import GoldScorer, gold_scores
 from training.policy.policy import Policy
 from training.policy.prompts import Prompt
 from training.policy.rollout import sample_groups
-from training.policy.gold import GoldScorer, gold_scores
 from training.policy.scoring import score_answers
 
 EVAL_SEED_OFFSET = 1000  # the evaluation's stream never coincides with the training stream
@@ -56,7 +56,19 @@ class EvalResult:
     gold_length_pearson: float = math.nan  # the gold's own Pearson(score, answer tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """Strict JSON: an undefined number (NaN) becomes null, in lists too."""
+        return {name: _json_number(getattr(self, name)) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EvalResult:
+        """The inverse of :meth:`to_dict` (null back to NaN); keys it does not know are refused."""
+
+        def number(value: Any) -> Any:
+            if isinstance(value, list):
+                return [math.nan if v is None else v for v in value]
+            return math.nan if value is None else value
+
+        return cls(**{name: number(value) for name, value in values.items()})
 
 
 def paired_standard_error(before: Sequence[float], after: Sequence[float]) -> float:
@@ -148,8 +160,8 @@ async def evaluate(
                             "question": group.prompt.question[-300:],
                             "answer": text,
                             "length": int(n),
-                            "score": _finite_or_none(score),
-                            **({"gold_score": _finite_or_none(gold_score)} if gold is not None else {}),
+                            "score": _json_number(float(score)),
+                            **({"gold_score": _json_number(float(gold_score))} if gold is not None else {}),
                         }
                     )
     if out_jsonl is not None:
@@ -183,5 +195,9 @@ def _prompt_means(per_prompt: Sequence[np.ndarray]) -> list[float]:
     return [float(r[np.isfinite(r)].mean()) if np.isfinite(r).any() else math.nan for r in per_prompt]
 
 
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
+def _json_number(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_json_number(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

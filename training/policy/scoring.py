@@ -90,17 +90,19 @@ async def score_answers(
     answers: Sequence[str],
     reward_key: str,
     uncertainty_penalty: float = 0.0,
+    score_std: float = 1.0,
 ) -> Scores:
-    """Score answers to one question. Failures come back NaN, never 0."""
+    """Score answers to one question. Failures come back NaN, never 0.
+
+    ``score_std``: the served model's train-score std (/v1/models), which puts the raw uncertainty in
+    the units of the normalised reward exactly as the service normalises a score."""
     start = time.perf_counter()
     result = await client.score([(question, rm_answer(a)) for a in answers])
     seconds = time.perf_counter() - start
     raw = np.asarray(result.scores, dtype=np.float64)
     normalized = np.asarray(result.normalized, dtype=np.float64)
-    served, uncertainty = (raw, result.uncertainty) if reward_key == "raw" else (
-        normalized, result.uncertainty_normalized
-    )
-    uncertainty = np.asarray(uncertainty, dtype=np.float64)
+    spread = _uncertainty(result)
+    served, uncertainty = (raw, spread) if reward_key == "raw" else (normalized, spread / score_std)
     rewards = penalized_reward(served, uncertainty, uncertainty_penalty)
     failed = int((~np.isfinite(rewards)).sum())
     return Scores(
@@ -116,6 +118,13 @@ async def score_answers(
     )
 
 
+def _uncertainty(result: ScoreResult) -> np.ndarray:
+    """The raw per-item uncertainty [n] float64, NaN where the service returned none."""
+    if result.uncertainty is None:
+        return np.full(len(result.scores), np.nan)
+    return np.asarray(result.uncertainty, dtype=np.float64)
+
+
 async def check_uncertainty_served(client: RewardScorer, penalty: float) -> None:
     """Before a penalised run: one probe pair must come back with a finite uncertainty.
 
@@ -128,7 +137,7 @@ async def check_uncertainty_served(client: RewardScorer, penalty: float) -> None
         raise UncertaintyUnavailable(
             f"the service could not score the uncertainty probe: {'; '.join(result.errors) or 'no message'}"
         )
-    if not np.isfinite(np.asarray(result.uncertainty, dtype=np.float64)).all():
+    if not np.isfinite(_uncertainty(result)).all():
         raise UncertaintyUnavailable(
             f"--uncertainty-penalty {penalty} needs a per-item uncertainty, but the served reward model "
             f"{result.model_name} {result.model_version} returns none (a single quality head). Serve a "

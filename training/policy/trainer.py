@@ -3,10 +3,12 @@
     rlhf train-policy --service http://localhost:8000 --steps 30 --out runs/pi
 
 Per step: generate the prompts' groups in a worker thread (a chunk of prompts decoded together) while
-the previous chunk is being scored (asyncio; the HTTP client never waits on the GPU/CPU and vice versa),
-check the failed share and the RM version, update the policy, log one JSONL record (reward, KL, entropy, length, time split into
-generation / scoring / update and the scoring share of the step). Before and after: a fixed-seed
-evaluation on held-out prompts. Checkpoints allow --resume; the adapter (and optionally a merged
+the previous chunk is being scored (asyncio; the HTTP client never waits on the GPU/CPU and vice
+versa), check the failed share and the RM version, score the answers with the gold reward when there
+is one (in-process, `gold.py`), update the policy, log one JSONL record (optimised reward, proxy and
+gold in std units, uncertainty, KL, entropy, length, time split into generation / scoring / update
+and the scoring share of the step). Before and after: a fixed-seed evaluation on held-out prompts,
+scored by the proxy and the gold. Checkpoints allow --resume; the adapter (and optionally a merged
 model) is saved at the end.
 """
 
@@ -30,9 +32,11 @@ from service.client import AsyncRewardClient
 from training.policy import estimators
 from training.policy.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from training.policy.config import PolicyConfig
-from training.policy.errors import RewardModelChanged
-from training.policy.evaluate import EvalResult, evaluate, gain_standard_error
+from training.policy.errors import CheckpointError, RewardModelChanged
+from training.policy.evaluate import EvalResult, evaluate
+from training.policy.gold import GoldScorer, gold_scores
 from training.policy.kl_control import adapted_kl_coef
+from training.policy.plots import plot_policy_curves
 from training.policy.policy import Policy, load_policy, torch_threads
 from training.policy.prompts import (
     Prompt,
@@ -48,28 +52,17 @@ from training.policy.scoring import (
     RewardScorer,
     Scores,
     check_failures,
+    check_uncertainty_served,
     check_version,
     merge_scores,
     score_answers,
 )
+from training.policy.summary import gains
 from training.policy.update import UpdateStats, policy_update
-from training.runlog import JsonlLogger, plot_curves, read_jsonl
+from training.runlog import JsonlLogger, read_jsonl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-PLOT_KEYS = (
-    "reward_mean",
-    "raw_reward_mean",
-    "kl",
-    "kl_coef",
-    "entropy",
-    "answer_length",
-    "failed_rewards",
-    "gen_seconds",
-    "update_seconds",
-    "scoring_share",
-)
 
 
 @dataclass
@@ -78,6 +71,8 @@ class Collected:
     scores: Scores
     gen_seconds: float
     score_wait_seconds: float  # time spent waiting for scores after the last group was generated
+    gold: np.ndarray | None = None  # float64 [n]: the gold's raw scores of the same answers
+    gold_seconds: float = 0.0
 
 
 def load_prompt_sets(config: PolicyConfig, policy: Policy) -> PromptSets:
@@ -108,7 +103,11 @@ def step_prompts(prompts: Sequence[Prompt], step: int, per_step: int, seed: int)
 
 
 async def collect(
-    policy: Policy, client: RewardScorer, prompts: Sequence[Prompt], config: PolicyConfig
+    policy: Policy,
+    client: RewardScorer,
+    prompts: Sequence[Prompt],
+    config: PolicyConfig,
+    score_std: float = 1.0,
 ) -> Collected:
     """Generate the next chunk of prompts (worker thread) while the previous chunk is scored (event loop).
 
@@ -128,10 +127,11 @@ async def collect(
         )  # fmt: skip
         gen_seconds += time.perf_counter() - t0
         groups.extend(chunk)
-        tasks.extend(
-            asyncio.create_task(score_answers(client, g.prompt.question, g.texts, config.reward_key))
-            for g in chunk
-        )
+        for g in chunk:
+            scored = score_answers(
+                client, g.prompt.question, g.texts, config.reward_key, config.uncertainty_penalty, score_std
+            )
+            tasks.append(asyncio.create_task(scored))
     t0 = time.perf_counter()
     parts = await asyncio.gather(*tasks)
     return Collected(groups, merge_scores(parts), gen_seconds, time.perf_counter() - t0)
@@ -169,6 +169,11 @@ async def train_async(
         # ask the service first: an unreachable service fails in seconds, not after loading the model
         info = RewardModelInfo.from_models_response(await client.models())
         log.info("reward model %s version %s (score std %.3f)", info.name, info.version, info.score_std)
+        await check_uncertainty_served(client, config.uncertainty_penalty)
+        gold = None
+        if config.gold_bundle:
+            gold = await asyncio.to_thread(GoldScorer.load, config.gold_bundle, config.gold_threads)
+            log.info("gold reward model %s version %s (in-process)", gold.model.name, gold.model.version)
         if policy is None:
             policy = load_policy(config)
         sets = load_prompt_sets(config, policy)
@@ -176,7 +181,7 @@ async def train_async(
             "prompts: %d for training, %d held out for evaluation, %d skipped (> %d tokens)",
             len(sets.train), len(sets.eval), sets.skipped_too_long, config.max_prompt_tokens,
         )  # fmt: skip
-        return await _run(Job(config, policy, client, info, sets, out))
+        return await _run(Job(config, policy, client, info, sets, out, gold))
     finally:
         if own_client is not None:
             await own_client.aclose()
@@ -192,6 +197,7 @@ class Job:
     info: RewardModelInfo  # the reward model the service served when the run started
     sets: PromptSets
     out: Path
+    gold: GoldScorer | None = None  # the gold reward, scored in-process; never optimised against
 
 
 async def _run(job: Job) -> dict[str, Any]:
@@ -228,9 +234,16 @@ async def _run(job: Job) -> dict[str, Any]:
 def _start_state(job: Job, optimizer: torch.optim.Optimizer) -> TrainState:
     """A fresh state, or the checkpoint's (weights and optimizer restored in place) on --resume."""
     config, info = job.config, job.info
+    gold = job.gold.model.bundle.sha256 if job.gold else None
     if not config.resume:
-        return TrainState(0, None, info.name, info.version, config.kl_coef)
+        return TrainState(0, None, info.name, info.version, config.kl_coef, gold)
     state = load_checkpoint(job.out / "checkpoint", job.policy, optimizer, config)
+    if state.gold_sha256 != gold:
+        raise CheckpointError(
+            f"the checkpoint was measured against gold bundle {state.gold_sha256 or 'none'}, this run "
+            f"against {gold or 'none'} (manifest sha256); gold numbers before and after would not "
+            "compare: resume with the same --gold-bundle"
+        )
     if state.rm_version != info.version and not config.allow_model_change:
         raise RewardModelChanged(
             f"the checkpoint was trained against RM version {state.rm_version}, the service now serves "
@@ -248,12 +261,13 @@ async def _evaluate(job: Job, name: str, greedy: bool = False) -> EvalResult | N
     name = f"{name}_greedy" if greedy else name
     cached = job.out / f"eval_{name}.json"
     if name.startswith("before") and config.resume and cached.is_file():
-        return EvalResult(**json.loads(cached.read_text(encoding="utf-8")))
+        return EvalResult.from_dict(json.loads(cached.read_text(encoding="utf-8")))
     result = await evaluate(
         job.policy, job.client, job.sets.eval, config.eval_samples, config.max_new_tokens, config.temperature,
         config.top_p, config.seed, job.info.score_mean, job.info.score_std,
         job.out / f"eval_{name}_samples.jsonl",
         threads=config.gen_threads, greedy=greedy, batch_prompts=config.generation_batch_prompts,
+        gold=job.gold,
     )  # fmt: skip
     cached.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     return result
@@ -267,11 +281,15 @@ async def _train_step(
     t_step = time.perf_counter()
     # 1. sample groups, scoring each while the next one is generated
     prompts = step_prompts(job.sets.train, step, config.prompts_per_step, config.seed)
-    collected = await collect(policy, job.client, prompts, config)
+    collected = await collect(policy, job.client, prompts, config, job.info.score_std)
     scores = collected.scores
     # 2. stop rules: too many failed rewards, a different reward model
     check_failures(scores, config.max_failed_fraction, step)
     state.rm_version = check_version(state.rm_version, scores, config.allow_model_change, step)
+    if job.gold is not None:  # the gold's view of the same answers (in-process, off the event loop)
+        t0 = time.perf_counter()
+        collected.gold = np.concatenate(await asyncio.to_thread(gold_scores, job.gold, collected.groups))
+        collected.gold_seconds = time.perf_counter() - t0
     # 3. policy-gradient update (failed rewards are NaN and get masked inside)
     seq_rewards = torch.tensor(scores.rewards, dtype=torch.float32)  # [B]
     if config.estimator == "baseline":
@@ -289,7 +307,7 @@ async def _train_step(
     # 4. the adaptive KL controller sets the next step's beta from this step's KL
     if config.kl_target is not None:
         state.kl_coef = adapted_kl_coef(kl_coef, stats.kl, config.kl_target, config.kl_adapt_rate)
-    return _step_record(step, collected, stats, state, kl_coef, update_seconds, step_seconds)
+    return _step_record(step, collected, stats, state, kl_coef, update_seconds, step_seconds, job.gold)
 
 
 def _step_record(
@@ -300,16 +318,25 @@ def _step_record(
     kl_coef: float,
     update_seconds: float,
     step_seconds: float,
+    gold: GoldScorer | None = None,
 ) -> dict[str, Any]:
-    """One metrics.jsonl line: rewards, KL, entropy, answer length, and where the step's time went."""
+    """One metrics.jsonl line: rewards, KL, entropy, answer length, and where the step's time went.
+
+    ``reward_mean`` is what the gradient saw (with a penalty: score - lambda * uncertainty);
+    ``proxy_mean`` the served score and ``gold_mean`` the gold's, each in its own RM's std."""
     scores = collected.scores
     ok = np.isfinite(scores.rewards)
     lengths = torch.cat([g.lengths for g in collected.groups]).float()
+    gold_raw = collected.gold if gold is not None and collected.gold is not None else np.zeros(0)
     return {
         "step": step,
-        "reward_mean": float(scores.rewards[ok].mean()) if ok.any() else None,
+        "reward_mean": _mean(scores.rewards[ok]),
         "reward_std": float(scores.rewards[ok].std()) if ok.any() else None,
-        "raw_reward_mean": float(scores.raw[ok].mean()) if ok.any() else None,
+        "raw_reward_mean": _mean(scores.raw[ok]),
+        "proxy_mean": _mean(scores.normalized[ok]),
+        "uncertainty_mean": _mean(scores.uncertainty[ok]),
+        "gold_mean": _mean(gold.normalize(gold_raw)) if gold is not None else None,
+        "gold_raw_mean": _mean(gold_raw) if gold is not None else None,
         "kl": stats.kl,
         "kl_per_token": stats.kl_per_token,
         "kl_coef": kl_coef,
@@ -327,11 +354,18 @@ def _step_record(
         "score_seconds": scores.seconds,
         "score_wait_seconds": collected.score_wait_seconds,
         "update_seconds": update_seconds,
+        "gold_seconds": collected.gold_seconds,
         "step_seconds": step_seconds,
         # request wall time (partly hidden behind generation) over the step: an upper bound
         "scoring_share": scores.seconds / step_seconds,
         "rm_version": state.rm_version,
     }
+
+
+def _mean(values: np.ndarray) -> float | None:
+    """Mean of the finite values; None (JSON null) when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
 
 
 def _finish(
@@ -345,7 +379,7 @@ def _finish(
     records = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
     plot = None
     if records:
-        plot = plot_curves(records, PLOT_KEYS, out / "curves.png", f"policy vs {info.name} {info.version}")
+        plot = plot_policy_curves(records, out / "curves.png", f"policy vs {info.name} {info.version}")
     saved = out / ("adapter" if policy.is_lora else "model")
     policy.model.save_pretrained(saved)
     policy.tokenizer.save_pretrained(saved)
@@ -369,14 +403,16 @@ def _finish(
         "merged": str(merged) if merged else None,
         "plot": str(plot) if plot else None,
     }
+    if job.gold is not None:
+        summary["gold_model"] = job.gold.describe()
     if before and after:
-        summary["gain_raw"] = after.mean_raw - before.mean_raw
-        summary["gain_in_std"], summary["gain_se_in_std"] = _gain_in_std(before, after, info.score_std)
+        gold_std = job.gold.score_std if job.gold is not None else None
+        summary |= gains(before, after, info.score_std, gold_std)
     if greedy:
         summary["before_greedy"], summary["after_greedy"] = greedy[0].to_dict(), greedy[1].to_dict()
-        summary["greedy_gain_in_std"], summary["greedy_gain_se_in_std"] = _gain_in_std(
-            *greedy, info.score_std
-        )
+        greedy_gains = gains(*greedy, info.score_std)
+        summary["greedy_gain_in_std"] = greedy_gains["gain_in_std"]
+        summary["greedy_gain_se_in_std"] = greedy_gains["gain_se_in_std"]
     if records:
         tail = records[-min(5, len(records)) :]
         summary["kl_last"] = records[-1].get("kl")
@@ -384,8 +420,3 @@ def _finish(
         summary["step_seconds_mean"] = float(np.mean([r["step_seconds"] for r in tail]))
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
-
-
-def _gain_in_std(before: EvalResult, after: EvalResult, score_std: float) -> tuple[float, float]:
-    """Held-out gain and its paired standard error, in the RM's score std (the targets' unit)."""
-    return (after.mean_raw - before.mean_raw) / score_std, gain_standard_error(before, after) / score_std

@@ -21,12 +21,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.encoding import EncodedPair, PairEncoder, pad_batch
+from service.encoding import EncodedPair, Encoder, pad_batch
 from training.reward.data import PreferencePair
 
 
 def encode_pairs(
-    encoder: PairEncoder, pairs: Sequence[PreferencePair]
+    encoder: Encoder, pairs: Sequence[PreferencePair]
 ) -> tuple[list[EncodedPair], list[EncodedPair]]:
     """(chosen, rejected) encodings, index-aligned with ``pairs`` (the service's encoder, batched)."""
     questions = [p.question for p in pairs]

@@ -8,8 +8,14 @@ served, encoded by the service's own encoder, so the number `rlhf eval` prints i
 
 Metrics: pairwise accuracy (a tie counts as wrong: a reward that cannot tell two answers apart gave
 no preference), mean margin r_chosen - r_rejected, truncation rate (pairs where either side was
-cut), and a length-bias line: accuracy where the chosen answer is the longer one vs the shorter one
-(characters). A model that learned "longer is better" shows a large gap between the two.
+cut), and the length bias: accuracy where the chosen answer is the longer one vs the shorter one
+(characters; a model that learned "longer is better", or "shorter", shows a large gap between the
+two) and the Pearson correlation of the score with the answer's tokens over every scored answer.
+Graphs with several quality heads add how well their served uncertainty flags the pairs the model
+gets wrong (AUROC, beside the AUROC of a small |margin|: diagnostics.py); graphs with a length head
+add its own correlation with length. The scores judged are the served ones: when the manifest
+carries a length correction (the service applies it), they are corrected, and the uncorrected
+numbers are reported beside them.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from typing import Any
 import numpy as np
 
 from service.bundle import Precision, load_bundle
-from service.encoding import EncodedPair
-from service.onnx_scoring import make_session, score_encoded
+from service.onnx_scoring import LENGTH_OUTPUT, UNCERTAINTY_OUTPUT, make_session
 from training.reward.batching import encode_pairs
 from training.reward.data import PreferencePair, load_pairs
+from training.reward.diagnostics import auroc, pair_uncertainty, pearson
+from training.reward.heads import score_outputs
+from training.reward.length_correction import LengthCorrection, answer_token_counts
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,11 @@ class EvalReport:
     chosen_shorter: SubsetAccuracy
     seconds: float
     skipped_reasons: dict[str, int] = field(default_factory=dict)
+    length_pearson: float | None = None  # Pearson(score, answer tokens) over both answers of every pair
+    uncertainty_auroc: float | None = None  # pair uncertainty ranking the wrong pairs (ensembles only)
+    margin_auroc: float | None = None  # a small |margin| ranking the wrong pairs: the baseline to beat
+    length_head_pearson: float | None = None  # Pearson(length_score, answer tokens) (length head only)
+    uncorrected: dict[str, Any] | None = None  # the metrics before the manifest's length correction
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,19 +73,39 @@ class EvalReport:
         def pct(value: float | None) -> str:
             return "n/a" if value is None else f"{100 * value:.1f}%"
 
+        def corr(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:+.2f}"
+
+        def auc(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
         skipped = f" (skipped {self.skipped}: {self.skipped_reasons})" if self.skipped else ""
-        return "\n".join(
-            [
-                f"bundle    {self.bundle} [{self.precision}]",
-                f"data      {self.data}: {self.pairs} pairs{skipped}",
-                f"accuracy  {pct(self.accuracy)}  (ties count as wrong)",
-                f"margin    {self.mean_margin:+.4f}  (mean r_chosen - r_rejected)",
-                f"truncated {self.truncated} pairs ({pct(self.truncation_rate)})",
-                f"length    chosen longer: {pct(self.chosen_longer.accuracy)} of {self.chosen_longer.pairs}"
-                f" | chosen shorter: {pct(self.chosen_shorter.accuracy)} of {self.chosen_shorter.pairs}",
-                f"time      {self.seconds:.1f}s ({self.pairs / max(self.seconds, 1e-9):.1f} pairs/s)",
-            ]
-        )
+        lines = [
+            f"bundle    {self.bundle} [{self.precision}]",
+            f"data      {self.data}: {self.pairs} pairs{skipped}",
+            f"accuracy  {pct(self.accuracy)}  (ties count as wrong)",
+            f"margin    {self.mean_margin:+.4f}  (mean r_chosen - r_rejected)",
+            f"truncated {self.truncated} pairs ({pct(self.truncation_rate)})",
+            f"length    chosen longer: {pct(self.chosen_longer.accuracy)} of {self.chosen_longer.pairs}"
+            f" | chosen shorter: {pct(self.chosen_shorter.accuracy)} of {self.chosen_shorter.pairs}"
+            f" | Pearson(score, answer tokens) {corr(self.length_pearson)}",
+        ]
+        if self.uncorrected is not None:
+            before = self.uncorrected
+            lines.append(
+                f"corrected scores minus the manifest's length trend; before: accuracy {pct(before['accuracy'])}"
+                f", chosen longer {pct(before['chosen_longer'].accuracy)}"
+                f" | shorter {pct(before['chosen_shorter'].accuracy)}, Pearson {corr(before['length_pearson'])}"
+            )
+        if self.length_head_pearson is not None:
+            lines.append(f"length head Pearson(length_score, answer tokens) {corr(self.length_head_pearson)}")
+        if self.uncertainty_auroc is not None or self.margin_auroc is not None:
+            lines.append(
+                f"uncertainty AUROC for the wrong pairs {auc(self.uncertainty_auroc)}"
+                f" (small |margin| alone: {auc(self.margin_auroc)}; 0.5 = no information)"
+            )
+        lines.append(f"time      {self.seconds:.1f}s ({self.pairs / max(self.seconds, 1e-9):.1f} pairs/s)")
+        return "\n".join(lines)
 
 
 def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
@@ -82,26 +115,18 @@ def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
     return float(np.mean(chosen > rejected))
 
 
-def score_pair_sides(
-    session: Any,
-    input_names: Sequence[str],
-    chosen: Sequence[EncodedPair],
-    rejected: Sequence[EncodedPair],
-    pad_token_id: int,
-    batch_size: int = 32,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(r_chosen [n], r_rejected [n]): both sides scored together in length-sorted batches."""
-    scores = score_encoded(session, input_names, [*chosen, *rejected], pad_token_id, batch_size)
-    return scores[: len(chosen)], scores[len(chosen) :]
-
-
 def evaluate_scores(
     pairs: Sequence[PreferencePair],
     chosen_scores: np.ndarray,
     rejected_scores: np.ndarray,
     truncated: Sequence[bool],
+    answer_tokens: tuple[np.ndarray, np.ndarray] | None = None,
+    uncertainty: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The metrics of EvalReport from scores already computed (shared by eval and the export gate)."""
+    """The metrics of EvalReport from scores already computed (shared by eval and the export gate).
+
+    ``answer_tokens`` and ``uncertainty`` are (chosen [n], rejected [n]) like the scores; without
+    them length_pearson, resp. the two AUROCs, are None."""
     correct = chosen_scores > rejected_scores
     longer = np.array([len(p.chosen) > len(p.rejected) for p in pairs])
     shorter = np.array([len(p.chosen) < len(p.rejected) for p in pairs])
@@ -119,6 +144,13 @@ def evaluate_scores(
         "truncation_rate": n_truncated / len(pairs),
         "chosen_longer": subset(longer),
         "chosen_shorter": subset(shorter),
+        "length_pearson": None
+        if answer_tokens is None
+        else pearson(np.concatenate([chosen_scores, rejected_scores]), np.concatenate(answer_tokens)),
+        "uncertainty_auroc": None if uncertainty is None else auroc(pair_uncertainty(*uncertainty), ~correct),
+        "margin_auroc": None
+        if uncertainty is None
+        else auroc(-np.abs(chosen_scores - rejected_scores), ~correct),
     }
 
 
@@ -144,11 +176,28 @@ def evaluate_bundle(
     encoder = bundle.encoder()
     chosen, rejected = encode_pairs(encoder, pairs)
     session = make_session(model_path, threads)
-    r_c, r_r = score_pair_sides(
-        session, bundle.manifest.input_names, chosen, rejected, encoder.pad_token_id, batch_size
-    )
+    encoded = [*chosen, *rejected]
+    outputs = score_outputs(session, bundle.manifest.input_names, encoded, encoder.pad_token_id, batch_size)
+    tokens = answer_token_counts(encoded)
+    n = len(pairs)
+    served = outputs["score"]
+    extra: dict[str, Any] = {}  # the EvalReport fields only some graphs and manifests have
+    if bundle.manifest.length_correction is not None:  # what the service serves
+        fit = LengthCorrection.from_dict(bundle.manifest.length_correction.model_dump())
+        served = fit.apply(outputs["score"], tokens)
+        extra["uncorrected"] = _length_metrics(pairs, outputs["score"], tokens)
+    if LENGTH_OUTPUT in outputs:
+        extra["length_head_pearson"] = pearson(outputs[LENGTH_OUTPUT], tokens)
+    spread = outputs.get(UNCERTAINTY_OUTPUT)
     truncated = [c.truncated or r.truncated for c, r in zip(chosen, rejected, strict=True)]
-    metrics = evaluate_scores(pairs, r_c, r_r, truncated)
+    metrics = evaluate_scores(
+        pairs,
+        served[:n],
+        served[n:],
+        truncated,
+        (tokens[:n], tokens[n:]),
+        None if spread is None else (spread[:n], spread[n:]),
+    )
     return EvalReport(
         bundle=str(bundle.path),
         data=report.source,
@@ -157,4 +206,14 @@ def evaluate_bundle(
         skipped_reasons=report.skipped_reasons,
         seconds=time.perf_counter() - started,
         **metrics,
+        **extra,
     )
+
+
+def _length_metrics(
+    pairs: Sequence[PreferencePair], scores: np.ndarray, tokens: np.ndarray
+) -> dict[str, Any]:
+    """Accuracy, the length split and Pearson(score, tokens) of scores [2n] (chosen sides first)."""
+    n = len(pairs)
+    metrics = evaluate_scores(pairs, scores[:n], scores[n:], [False] * n, (tokens[:n], tokens[n:]))
+    return {k: metrics[k] for k in ("accuracy", "chosen_longer", "chosen_shorter", "length_pearson")}

@@ -104,15 +104,12 @@ class HeadLayout:
 
     @classmethod
     def of_config(cls, config: Any) -> HeadLayout:
-        """The layout stored in a transformers config; a config without one is a single scalar head.
-
-        A classifier with several labels and no stored layout (e.g. a sentiment model) is refused:
-        which column would be the reward is unknown.
-        """
+        """The layout stored in a transformers config; a config without one is a single scalar head
+        (a base model, whose label count means nothing yet, or a reward model saved before heads)."""
         stored = getattr(config, CONFIG_KEY, None)
-        labels = int(getattr(config, "num_labels", 1))
         if stored is None:
             return cls()
+        labels = int(getattr(config, "num_labels", 1))
         layout = cls.from_dict(stored)
         if layout.num_labels != labels:
             raise HeadLayoutError(

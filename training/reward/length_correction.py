@@ -48,7 +48,7 @@ class LengthCorrection:
     intercept: float
     mean_length: float
     fitted_on: int
-    pearson: float
+    pearson: float | None  # None only in an entry written without it (the service's schema allows it)
 
     def apply(self, scores: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Corrected scores [n] for raw scores [n] and answer token counts [n]."""
@@ -77,7 +77,7 @@ class LengthCorrection:
             float(values["intercept"]),
             float(values["mean_length"]),
             int(values["fitted_on"]),
-            float(values["pearson"]),
+            None if values.get("pearson") is None else float(values["pearson"]),
         )
 
 

@@ -15,13 +15,28 @@ pairwise loss, bit for bit). Each quality head q_i is ranked through r_i = q_i +
 length head (0 without one), on its own bootstrap weights; then, with a length head (ODIN, Chen et
 al. 2024, "Disentangled Reward Mitigates Hacking in RLHF"):
 
-    + length_coef * (mean_i |rho(q_i, L)| - rho(l, L))      rho = Pearson within the batch,
-                                                             L = answer tokens of the 2B sequences
+    + length_coef * (mean_i |rho(q_i, L)| sg(s_i) - |rho(l, L)| sg(s_l))
+                     rho = Pearson within the batch, L = answer tokens of the 2B sequences,
+                     s = the head's std within the batch, sg = stop-gradient (detached)
     + ortho_coef * mean_i |cos(w_i, w_l)|                    the classifier rows of the heads
 
 The ranking loss lets the sum use length as the data supports it; the correlation term pushes that
-signal into l and out of every q_i; the orthogonality term keeps their weight vectors apart, so the
-quality heads (the served score) cannot read the length direction of the pooled features.
+signal into l and out of every q_i (|rho(l, L)| = 1 also means l holds nothing *but* length); the
+orthogonality term keeps their weight vectors apart, so the quality heads (the served score) cannot
+read the length direction of the pooled features.
+
+Two changes to ODIN's term. First, |rho(l, L)| where ODIN maximises rho(l, L): ODIN's data prefer
+longer answers, so the ranking loss and a length head that grows with length pull the same way; in
+hh-rlhf's harmless pairs the chosen answer is more often the *shorter* one, the ranking loss wants
+l to fall with length, and a head pushed to rise with it fights the ranking instead of absorbing it
+(measured: the ranking loss did not fall; README "Length bias"). The length head may take whichever
+sign the data hold. Second, the detached std factors: a Pearson correlation does not depend on its
+input's scale, so its gradient grows as 1/std of the head. Fresh heads score with a tiny spread, and
+there the plain term's gradient outweighed the ranking loss's many times over: the model learned to
+decorrelate and hardly to rank (README "Length bias"). Scaling each correlation by its head's
+detached std keeps ODIN's gradient direction for every head and puts its size on the scale of the
+scores (|rho| * std is the score change per std of length), so the two losses meet on equal terms
+from the first step. At a fixed head scale it is ODIN's term times that scale.
 Pure functions: no model, no state, so they are tested against hand-computed values.
 """
 
@@ -74,10 +89,10 @@ def pearson(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tenso
 def length_decorrelation(
     quality: torch.Tensor, length_score: torch.Tensor, lengths: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """mean_i |rho(quality[:, i], L)| - rho(length_score, L) for quality [n, M], length_score [n], L [n].
+    """mean_i |rho(q_i, L)| sg(std q_i) - |rho(l, L)| sg(std l) for quality [n, M], length_score [n], L [n].
 
-    Metrics: "rho_quality" = rho(mean of the quality heads, L) (the served score, signed) and
-    "rho_length" = rho(length_score, L)."""
+    (sg = detached; the module docstring says why.) Metrics: "rho_quality" = rho(mean of the quality
+    heads, L) (the served score, signed) and "rho_length" = rho(length_score, L)."""
     assert quality.dim() == 2 and quality.shape[0] == length_score.shape[0] == lengths.shape[0], (
         f"expected quality [n, M], length_score [n], lengths [n]; got {tuple(quality.shape)}, "
         f"{tuple(length_score.shape)}, {tuple(lengths.shape)}"
@@ -85,7 +100,9 @@ def length_decorrelation(
     L = lengths.to(quality.dtype)
     rho_heads = torch.stack([pearson(quality[:, i], L) for i in range(quality.shape[1])])  # [M]
     rho_length = pearson(length_score, L)
-    term = rho_heads.abs().mean() - rho_length
+    scale_heads = quality.detach().std(dim=0, unbiased=False)  # [M]
+    scale_length = length_score.detach().std(unbiased=False)
+    term = (rho_heads.abs() * scale_heads).mean() - rho_length.abs() * scale_length
     with torch.no_grad():
         metrics = {"rho_quality": float(pearson(quality.mean(dim=1), L)), "rho_length": float(rho_length)}
     return term, metrics

@@ -69,7 +69,7 @@ def head_weight(model: PreTrainedModel) -> torch.Tensor:
 
     BERT calls it ``classifier``, Llama/GPT-2 ``score``, RoBERTa/DeBERTa ``classifier.out_proj``;
     finding it by shape works for all of them."""
-    labels = int(model.config.num_labels)
+    labels = model.config.num_labels
     found = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == labels]
     if not found:
         raise ValueError(f"{type(model).__name__} has no linear layer with {labels} outputs (its heads)")

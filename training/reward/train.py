@@ -1,6 +1,7 @@
-"""Train a scalar-head reward model on preference pairs.
+"""Train a reward model (scalar heads on a transformer) on preference pairs.
 
     rlhf train-rm --out runs/rm                           # embedded hh-rlhf pairs, MiniLM-L6
+    rlhf train-rm --out runs/rm --length-head --quality-heads 5  # ODIN length head + 5-head ensemble
     rlhf train-rm --out runs/rm --resume                  # continue after a crash or kill
     torchrun --nproc_per_node 4 -m cli.main train-rm --out runs/rm --device cuda  # several GPUs
     accelerate launch --multi_gpu --num_processes 4 -m cli.main train-rm --out runs/rm  # the same
@@ -46,9 +47,11 @@ from training.reward.checkpoint import Checkpoint, load_checkpoint, save_checkpo
 from training.reward.config import RewardConfig
 from training.reward.data import LoadReport, PreferencePair, load_pairs, split_pairs
 from training.reward.distributed import DistEnv, setup_distributed
-from training.reward.losses import pairwise_loss
+from training.reward.heads import HeadLayout, bootstrap_weights
+from training.reward.losses import multi_head_loss
 from training.reward.model import (
     accepted_input_names,
+    head_weight,
     load_reward_model,
     model_inputs,
     tokenizer_json_path,
@@ -106,6 +109,7 @@ class EncodedData:
     rejected: list[EncodedPair]
     lengths: list[int]  # padded width each training pair needs (batching.pair_lengths)
     per_epoch: int  # batches per process per epoch
+    pair_weights: np.ndarray  # [n_pairs, quality_heads] bootstrap weight of each pair per head
 
 
 @dataclass
@@ -113,7 +117,7 @@ class StepResult:
     """One optimizer step, as logged."""
 
     epoch: int
-    sums: dict[str, float]  # loss, accuracy, margin: means over the step's micro-batches
+    sums: dict[str, float]  # loss, accuracy, margin (+ head terms): means over the step's micro-batches
     grad_norm: float
     tokens: int  # real (unpadded) tokens this process fed the model
 
@@ -155,7 +159,9 @@ def train(
         t0 = time.time()
         torch.manual_seed(step_seed(config.seed, step, env.rank))  # dropout masks of this step
         lr = lr_at(step, total_steps, config)
-        result = _optimizer_step(model, raw_model, optimizer, stream, input_names, config, env, lr)
+        result = _optimizer_step(
+            model, raw_model, optimizer, stream, input_names, data.pair_weights, config, env, lr
+        )
         done = step + 1
 
         # -- bookkeeping (rank 0): metrics, validation, checkpoint --------------------------------
@@ -211,8 +217,9 @@ def _encode_data(config: RewardConfig, world: int) -> EncodedData:
     )
     per_epoch = n_batches // world  # batches per process per epoch
     assert per_epoch >= 1, f"{len(train_pairs)} training pairs make no batch for each of {world} processes"
+    weights = bootstrap_weights(len(train_pairs), config.quality_heads, config.seed)
     return EncodedData(
-        report, train_pairs, val_pairs, tokenizer_json, encoder, chosen, rejected, lengths, per_epoch
+        report, train_pairs, val_pairs, tokenizer_json, encoder, chosen, rejected, lengths, per_epoch, weights
     )
 
 
@@ -220,8 +227,9 @@ def _model_and_optimizer(
     config: RewardConfig, env: DistEnv, ckpt: Checkpoint | None
 ) -> tuple[PreTrainedModel, torch.nn.Module, torch.optim.Optimizer]:
     """(the model, the model as trained: DDP-wrapped under several processes, AdamW), restored on resume."""
-    torch.manual_seed(config.seed)  # the fresh scalar head's initialisation
-    raw_model = load_reward_model(str(ckpt.path) if ckpt else config.base_model)
+    torch.manual_seed(config.seed)  # the fresh heads' initialisation (one random row per head)
+    layout = HeadLayout(config.quality_heads, config.length_head)
+    raw_model = load_reward_model(str(ckpt.path) if ckpt else config.base_model, layout)
     raw_model.to(env.device)  # type: ignore[arg-type]  # in place; transformers types .to() oddly
     raw_model.train()
     if config.disable_dropout:
@@ -243,6 +251,7 @@ def _optimizer_step(
     optimizer: torch.optim.Optimizer,
     stream: Iterator[tuple[int, dict[str, np.ndarray]]],
     input_names: list[str],
+    pair_weights: np.ndarray,
     config: RewardConfig,
     env: DistEnv,
     lr: float,
@@ -250,25 +259,50 @@ def _optimizer_step(
     """Forward/backward over ``grad_accum`` micro-batches, then one clipped AdamW step at ``lr``."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+    sums: dict[str, float] = {}
     tokens = epoch = 0
     for micro in range(config.grad_accum):
         epoch, batch = next(stream)
-        n_pairs = batch["input_ids"].shape[0] // 2
         sync = micro == config.grad_accum - 1 or env.world == 1  # DDP syncs gradients on the last one only
         with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
-            rewards = model(**model_inputs(batch, input_names, env.device)).logits[:, 0]  # [2B]
-            loss, metrics = pairwise_loss(
-                rewards[:n_pairs], rewards[n_pairs:], config.margin or None, config.center_coef
-            )
+            logits = model(**model_inputs(batch, input_names, env.device)).logits  # [2B, heads]
+            loss, metrics = _loss(logits, batch, raw_model, pair_weights, config)
             (loss / config.grad_accum).backward()
-        for key in sums:
-            sums[key] += metrics[key] / config.grad_accum
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + value / config.grad_accum
         tokens += int(batch["attention_mask"].sum())
     grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.clip_grad or float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(epoch, sums, float(grad_norm), tokens)
+
+
+def _loss(
+    logits: torch.Tensor,
+    batch: dict[str, np.ndarray],
+    raw_model: torch.nn.Module,
+    pair_weights: np.ndarray,
+    config: RewardConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The multi-head loss of one micro-batch (the plain pairwise loss for one head; see losses.py)."""
+    lengths = weights = classifier = None
+    if config.length_head:
+        lengths = torch.from_numpy(batch["answer_tokens"]).to(logits.device)  # [2B]
+        classifier = head_weight(raw_model)  # type: ignore[arg-type]  # [heads, hidden]
+    if config.quality_heads > 1:
+        weights = torch.from_numpy(pair_weights[batch["pair_index"]]).to(logits.device)  # [B, M]
+    return multi_head_loss(
+        logits,
+        lengths,
+        quality_heads=config.quality_heads,
+        length_head=config.length_head,
+        pair_weights=weights,
+        margin=config.margin or None,
+        center_coef=config.center_coef,
+        length_coef=config.length_coef,
+        ortho_coef=config.ortho_coef,
+        head_weight=classifier,
+    )
 
 
 def _log_step(
@@ -363,7 +397,8 @@ def _micro_batches(
 
 
 class _Collated(torch.utils.data.Dataset):
-    """Index i -> the padded inputs of batch i (lets a DataLoader pad in worker processes)."""
+    """Index i -> the padded batch i with its pair indices and answer tokens (lets a DataLoader pad in
+    worker processes)."""
 
     def __init__(
         self, chosen: list[EncodedPair], rejected: list[EncodedPair], batches: list[list[int]], pad: int
@@ -374,7 +409,17 @@ class _Collated(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return collate(self.chosen, self.rejected, self.batches[i], self.pad)
+        """The padded inputs, the batch's pair indices [B] (bootstrap weights) and the answer tokens
+        [2B] of its rows (the length head's L), chosen rows first like the inputs."""
+        pairs = self.batches[i]
+        tokens = [self.chosen[j].answer_tokens for j in pairs] + [
+            self.rejected[j].answer_tokens for j in pairs
+        ]
+        return {
+            **collate(self.chosen, self.rejected, pairs, self.pad),
+            "pair_index": np.asarray(pairs, dtype=np.int64),
+            "answer_tokens": np.asarray(tokens, dtype=np.float32),
+        }
 
 
 def _describe_run(config: RewardConfig, data: EncodedData, total_steps: int) -> None:

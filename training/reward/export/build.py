@@ -7,10 +7,14 @@
 
 Steps: load RUN/final (model, tokenizer.json, reward_config.json, score_stats.json); re-create the
 run's validation split (the evaluation pairs) and training split (the calibration pairs); export the
-fp32 graph (opset 17, dynamic batch and sequence axes, output "score" [batch]); gate it against
-PyTorch and for batch independence (failure = no bundle); quantise statically to int8 and gate it
-(batch independence, accuracy at most ``max_int8_drop`` points below fp32; failure = the bundle ships
-fp32 only and the manifest says why); write the manifest with every file's sha256. Everything is
+fp32 graph (opset 17, dynamic batch and sequence axes, output "score" [batch], plus "uncertainty" and
+"length_score" when the model has those heads: onnx_graph.py); gate every output against PyTorch and
+for batch independence (failure = no bundle); fit the score's linear trend on answer length over the
+calibration pairs (length_correction.py: recorded as gate.length_trend, and as the manifest's
+``length_correction``, which the service subtracts, with ``--length-correction``); quantise
+statically to int8 and gate it (batch independence, accuracy at most ``max_int8_drop`` points below
+fp32; failure = the bundle ships fp32 only and the manifest says why); write the manifest with every
+file's sha256. Everything is
 written into a temporary directory next to the target, verified with `load_bundle`, then renamed,
 so a bundle directory is never half-written.
 
@@ -48,12 +52,14 @@ from training.reward.export.gate import (
     batch_dependence,
     batch_independence_failure,
     check_batch_independence,
-    check_parity,
+    check_output_parity,
     int8_accuracy_failure,
 )
-from training.reward.export.onnx_graph import export_onnx, torch_scores
+from training.reward.export.onnx_graph import export_onnx, torch_outputs
 from training.reward.export.quantize import quantize_int8
-from training.reward.model import accepted_input_names, load_reward_model
+from training.reward.heads import score_outputs
+from training.reward.length_correction import answer_token_counts, fit_length_correction
+from training.reward.model import accepted_input_names, layout_of, load_reward_model
 
 log = logging.getLogger(__name__)
 SCORE_STATS_NAME = "score_stats.json"
@@ -166,6 +172,7 @@ def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dic
     # -- fp32 gate: parity with PyTorch and batch independence (hard failures) ----------------------
     session = make_session(fp32_path, config.threads)
     fp32 = _gate_fp32(session, model, input_names, encoded, pad, config)
+    length_trend = _fit_length_trend(session, input_names, inputs, config)
 
     # -- int8: static quantisation, shipped only when it passes ---------------------------------------
     int8_info: dict[str, Any] = {"shipped": False, "reason": "disabled (--no-int8)", "method": None}
@@ -185,11 +192,17 @@ def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dic
     fields = _manifest_fields(
         config, final, inputs, input_names, len(eval_pairs), fp32.accuracy, accuracy_int8, int8_info
     )
+    fields |= {
+        "heads": layout_of(model).manifest_entry(),
+        "length_correction": length_trend if config.length_correction else None,
+    }
     gate = {
         "max_abs_diff_onnx_torch": fp32.max_diff,
+        "max_abs_diff_by_output": fp32.diff_by_output,
         "batch_diff_fp32": fp32.batch_diff,
         "batch_diff_int8": attempts[-1]["batch_diff"] if attempts else None,
         "int8_attempts": attempts,
+        "length_trend": length_trend,
         "export_seconds": round(time.perf_counter() - started, 1),
     }
     return fields, gate
@@ -216,7 +229,8 @@ class Fp32Gate:
     """The fp32 graph's gate: what it measured, once it passed."""
 
     scores: np.ndarray  # [2n] fp32 scores of the evaluation pairs: chosen sides, then rejected sides
-    max_diff: float  # max |ONNX - PyTorch|
+    max_diff: float  # max |ONNX - PyTorch| over every output
+    diff_by_output: dict[str, float]  # the same per output (score, uncertainty, length_score)
     batch_diff: float  # max |alone - in a mixed batch|
     accuracy: float  # pairwise accuracy on the evaluation pairs
 
@@ -229,15 +243,17 @@ def _gate_fp32(
     pad_token_id: int,
     config: ExportConfig,
 ) -> Fp32Gate:
-    """Parity with PyTorch and batch independence; raise ExportError (no bundle) when either fails."""
+    """Parity with PyTorch and batch independence of every graph output; raise ExportError (no
+    bundle) when either fails."""
     graph_inputs = [i.name for i in session.get_inputs()]
     if graph_inputs != input_names:
         raise ExportError(f"exported graph takes inputs {graph_inputs}, expected {input_names}")
     n = len(encoded) // 2
     log.info("gate: scoring %d evaluation pairs with PyTorch and onnxruntime", n)
-    reference = torch_scores(model, input_names, encoded, pad_token_id, config.batch_size)
-    fp32 = score_encoded(session, input_names, encoded, pad_token_id, config.batch_size)
-    max_diff = check_parity(reference, fp32, config.parity_tolerance)
+    reference = torch_outputs(model, input_names, encoded, pad_token_id, config.batch_size)
+    values = score_outputs(session, input_names, encoded, pad_token_id, config.batch_size)
+    diff_by_output = check_output_parity(reference, values, config.parity_tolerance)
+    max_diff, fp32 = max(diff_by_output.values()), values["score"]
     batch_diff = check_batch_independence(
         "fp32", batch_dependence(session, input_names, encoded, pad_token_id), config.batch_tolerance
     )
@@ -248,7 +264,31 @@ def _gate_fp32(
         batch_diff,
         100 * accuracy,
     )
-    return Fp32Gate(fp32, max_diff, batch_diff, accuracy)
+    return Fp32Gate(fp32, max_diff, diff_by_output, batch_diff, accuracy)
+
+
+def _fit_length_trend(
+    session: Any, input_names: list[str], inputs: RunInputs, config: ExportConfig
+) -> dict[str, Any] | None:
+    """score ~ a + b * answer tokens, least squares over both answers of the calibration pairs
+    (training pairs, scored by the fp32 graph), as the manifest's ``length_correction`` entry; None
+    when their answers all have one length (no trend to fit)."""
+    pairs = spread_sample(inputs.train_pairs, config.calibration_pairs)
+    chosen, rejected = encode_pairs(inputs.encoder, pairs)
+    encoded = [*chosen, *rejected]
+    scores = score_encoded(session, input_names, encoded, inputs.encoder.pad_token_id, config.batch_size)
+    try:
+        fit = fit_length_correction(scores, answer_token_counts(encoded))
+    except ValueError as exc:
+        log.warning("no length correction: %s", exc)
+        return None
+    log.info(
+        "length trend: slope %.3g per answer token, pearson %.2f on %d items",
+        fit.slope,
+        fit.pearson,
+        fit.fitted_on,
+    )
+    return fit.to_dict()
 
 
 def _int8_inputs(

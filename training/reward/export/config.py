@@ -81,6 +81,16 @@ class ExportConfig(DataclassConfig):
         default=1e-4, metadata={"help": "Max |alone - in a mixed batch| score for every shipped graph."}
     )
 
+    # the fitted score-length trend is always recorded (gate.length_trend); serving it as a correction
+    # trades accuracy for length neutrality (README "Length bias"), so it is a choice, not a default
+    length_correction: bool = field(
+        default=False,
+        metadata={
+            "help": "Store the score-length trend fitted on the calibration pairs as the bundle's "
+            "length correction, which the service subtracts from every score."
+        },
+    )
+
     # -- how the graphs are made -----------------------------------------------------------------------
     batch_size: int = field(default=32, metadata={"help": "Sequences per onnxruntime run during the gate."})
     threads: int = field(default=2, metadata={"help": "onnxruntime intra-op threads during the gate."})

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from service.encoding import EncodedPair, pad_batch
-from service.onnx_scoring import run_outputs
+from service.onnx_scoring import SCORE_OUTPUT, run_outputs
 from training.reward.heads import output_names_of
 
 
@@ -56,8 +56,9 @@ def check_parity(
     worst = float(diff.max()) if diff.size else 0.0
     if not np.isfinite(worst) or worst > tolerance:
         i = int(np.nanargmax(diff)) if np.isfinite(diff).any() else 0
+        what = "scores" if output == SCORE_OUTPUT else f"{output!r} values"
         raise ParityError(
-            f"ONNX fp32 {output!r} values differ from PyTorch by up to {worst:.3g} (> tolerance {tolerance:g}) on "
+            f"ONNX fp32 {what} differ from PyTorch by up to {worst:.3g} (> tolerance {tolerance:g}) on "
             f"{int((diff > tolerance).sum())} of {diff.size} sequences; worst: sequence {i}, "
             f"torch {float(torch_scores[i]):.6f} vs onnx {float(onnx_scores[i]):.6f}. "
             "The export does not reproduce the trained model."
