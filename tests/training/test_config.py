@@ -106,7 +106,7 @@ def test_run_control_is_what_may_change_on_resume() -> None:
     assert {
         "steps", "resume", "service_urls", "api_key", "request_timeout", "max_retries", "merge", "skip_eval",
         "eval_greedy", "device", "checkpoint_every", "gen_threads", "train_threads", "generation_batch_prompts",
-        "out",
+        "out", "gold_bundle", "gold_threads",
     } == RESUMABLE_CHANGES  # fmt: skip
     names = [f.name for f in fields(PolicyConfig)]
     first_run_control = min(names.index(n) for n in RESUMABLE_CHANGES)

@@ -171,11 +171,9 @@ def test_a_finished_step_is_reused_only_with_the_options_it_was_made_with(tmp_pa
         )
 
 
-def test_demo_trains_a_gold_that_differs_and_gives_it_to_the_policy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The commands the demo runs (recorded, not run): proxy with --rm-options, a gold with another seed
-    exported with its length correction, and a policy run scored by that gold; --reuse skips both."""
+def _record_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Make the demo record its `rlhf` commands instead of running them (a train or export leaves what
+    --reuse looks for, an eval answers a report)."""
     import training.demo as demo
 
     ran: list[list[str]] = []
@@ -194,6 +192,15 @@ def test_demo_trains_a_gold_that_differs_and_gives_it_to_the_policy(
 
     monkeypatch.setattr(demo, "run_step", fake_step)
     monkeypatch.setattr(demo, "write_val_pairs", lambda run, out: 200)
+    return ran
+
+
+def test_default_gold_is_the_proxys_model_with_its_length_trend_subtracted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.demo as demo
+
+    ran = _record_commands(tmp_path, monkeypatch)
     paths = DemoPaths(tmp_path)
     options = demo.DemoOptions(rm_options=("--quality-heads", "4"), policy_uncertainty_penalty=0.5)
     eval_report, gold_eval = demo.build_models(paths, options)
@@ -201,15 +208,36 @@ def test_demo_trains_a_gold_that_differs_and_gives_it_to_the_policy(
     commands = [" ".join(a) for a in ran]
     assert commands[0].startswith(f"train-rm --out {paths.reward_run} --epochs 1.0 --quality-heads 4")
     assert commands[1] == f"export {paths.reward_run} --out {paths.bundle} --overwrite"
-    assert commands[3].startswith(f"train-rm --out {paths.gold_run} --seed 1 ")
-    assert "--max-length 128" in commands[3] and "--quality-heads" not in commands[3]
-    assert commands[4].startswith(f"export {paths.gold_run} --out {paths.gold_bundle}")
-    assert "--length-correction" in commands[4] and "--no-int8" in commands[4]
+    assert commands[3].startswith(f"export {paths.reward_run} --out {paths.gold_bundle}")  # no training
+    assert "--length-correction" in commands[3] and "--no-int8" in commands[3]
+    assert "--name gold-corrected-proxy" in commands[3] and len(commands) == 5  # + the two evaluations
     policy = " ".join(demo._policy_command(paths, "http://x", options)[len(rlhf()) :])
     assert f"--gold-bundle {paths.gold_bundle}" in policy and "--uncertainty-penalty 0.5" in policy
     ran.clear()
     demo.build_models(paths, options)  # --reuse: only the two evaluations run again
     assert [a[0] for a in ran] == ["eval", "eval"]
     ran.clear()
-    demo.build_models(paths, demo.DemoOptions(rm_options=("--length-head",)))  # other options: retrain
-    assert [a[0] for a in ran] == ["train-rm", "export", "eval", "eval"]
+    demo.build_models(paths, demo.DemoOptions(rm_options=("--length-head",)))  # another proxy: its gold too
+    assert [a[0] for a in ran] == ["train-rm", "export", "eval", "export", "eval"]
+    off = demo.DemoOptions(gold="off")
+    assert "--gold-bundle" not in demo._policy_command(paths, "http://x", off)
+
+
+def test_other_seed_gold_is_trained_apart_and_evaluated_on_its_own_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.demo as demo
+
+    ran = _record_commands(tmp_path, monkeypatch)
+    paths = DemoPaths(tmp_path)
+    options = demo.DemoOptions(gold="other-seed", gold_seed=7, gold_rm_options=("--length-head",))
+    demo.build_models(paths, options)
+    commands = [" ".join(a) for a in ran]
+    assert commands[3].startswith(f"train-rm --out {paths.gold_run} --seed 7 --epochs 1.0 --max-length 256")
+    assert commands[3].endswith("--length-head --device auto")
+    assert commands[4].startswith(f"export {paths.gold_run} --out {paths.gold_bundle}")
+    assert "--name gold-other-seed" in commands[4] and "--length-correction" in commands[4]
+    assert commands[5].startswith(f"eval --bundle {paths.gold_bundle} --data {paths.gold_val_pairs}")
+    ran.clear()
+    demo.build_models(paths, options)
+    assert [a[0] for a in ran] == ["eval", "eval"]

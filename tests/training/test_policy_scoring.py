@@ -24,7 +24,9 @@ NAN = float("nan")
 def _scores(values: list[float], version: str = "1", changed: bool = False) -> Scores:
     arr = np.array(values)
     errors = ["boom"] if np.isnan(arr).any() else []
-    return Scores(arr, arr, arr, np.full_like(arr, np.nan), int(np.isnan(arr).sum()), errors, version, changed)
+    return Scores(
+        arr, arr, arr, np.full_like(arr, np.nan), int(np.isnan(arr).sum()), errors, version, changed
+    )
 
 
 def test_models_response_parsing() -> None:

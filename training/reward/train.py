@@ -110,6 +110,7 @@ class EncodedData:
     lengths: list[int]  # padded width each training pair needs (batching.pair_lengths)
     per_epoch: int  # batches per process per epoch
     pair_weights: np.ndarray  # [n_pairs, quality_heads] bootstrap weight of each pair per head
+    answer_length: tuple[float, float]  # mean, std of the answer tokens of the split (both answers)
 
 
 @dataclass
@@ -159,9 +160,7 @@ def train(
         t0 = time.time()
         torch.manual_seed(step_seed(config.seed, step, env.rank))  # dropout masks of this step
         lr = lr_at(step, total_steps, config)
-        result = _optimizer_step(
-            model, raw_model, optimizer, stream, input_names, data.pair_weights, config, env, lr
-        )
+        result = _optimizer_step(model, raw_model, optimizer, stream, input_names, data, config, env, lr)
         done = step + 1
 
         # -- bookkeeping (rank 0): metrics, validation, checkpoint --------------------------------
@@ -218,9 +217,12 @@ def _encode_data(config: RewardConfig, world: int) -> EncodedData:
     per_epoch = n_batches // world  # batches per process per epoch
     assert per_epoch >= 1, f"{len(train_pairs)} training pairs make no batch for each of {world} processes"
     weights = bootstrap_weights(len(train_pairs), config.quality_heads, config.seed)
+    tokens = np.array([e.answer_tokens for e in (*chosen, *rejected)], dtype=np.float64)
+    answer_length = (float(tokens.mean()), float(tokens.std()) or 1.0)
     return EncodedData(
-        report, train_pairs, val_pairs, tokenizer_json, encoder, chosen, rejected, lengths, per_epoch, weights
-    )
+        report, train_pairs, val_pairs, tokenizer_json, encoder, chosen, rejected, lengths, per_epoch,
+        weights, answer_length,
+    )  # fmt: skip
 
 
 def _model_and_optimizer(
@@ -251,7 +253,7 @@ def _optimizer_step(
     optimizer: torch.optim.Optimizer,
     stream: Iterator[tuple[int, dict[str, np.ndarray]]],
     input_names: list[str],
-    pair_weights: np.ndarray,
+    data: EncodedData,
     config: RewardConfig,
     env: DistEnv,
     lr: float,
@@ -266,7 +268,7 @@ def _optimizer_step(
         sync = micro == config.grad_accum - 1 or env.world == 1  # DDP syncs gradients on the last one only
         with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
             logits = model(**model_inputs(batch, input_names, env.device)).logits  # [2B, heads]
-            loss, metrics = _loss(logits, batch, raw_model, pair_weights, config)
+            loss, metrics = _loss(logits, batch, raw_model, data, config)
             (loss / config.grad_accum).backward()
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + value / config.grad_accum
@@ -281,19 +283,20 @@ def _loss(
     logits: torch.Tensor,
     batch: dict[str, np.ndarray],
     raw_model: torch.nn.Module,
-    pair_weights: np.ndarray,
+    data: EncodedData,
     config: RewardConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The multi-head loss of one micro-batch (the plain pairwise loss for one head; see losses.py)."""
-    lengths = weights = classifier = None
+    length_z = weights = classifier = None
     if config.length_head:
-        lengths = torch.from_numpy(batch["answer_tokens"]).to(logits.device)  # [2B]
+        mean, std = data.answer_length  # the whole split's: losses.py says why not the batch's
+        length_z = torch.from_numpy((batch["answer_tokens"] - mean) / std).float().to(logits.device)  # [2B]
         classifier = head_weight(raw_model)  # type: ignore[arg-type]  # [heads, hidden]
     if config.quality_heads > 1:
-        weights = torch.from_numpy(pair_weights[batch["pair_index"]]).to(logits.device)  # [B, M]
+        weights = torch.from_numpy(data.pair_weights[batch["pair_index"]]).to(logits.device)  # [B, M]
     return multi_head_loss(
         logits,
-        lengths,
+        length_z,
         quality_heads=config.quality_heads,
         length_head=config.length_head,
         pair_weights=weights,
