@@ -29,7 +29,8 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import jinja2
 import jinja2.ext
@@ -38,6 +39,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from service.conversation import Message, TemplateRenderError
 
+TEMPLATE_FILE: Final = "chat_template.jinja"  # where transformers >= 4.43 saves a tokenizer's template
+# The tokenizer attributes transformers passes to a template (`special_tokens_map`), when set.
+SPECIAL_TOKEN_NAMES: Final = (
+    "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+)  # fmt: skip
 # The variables every render sets; a special token may not take one of these names.
 RENDER_VARIABLES = ("messages", "tools", "documents", "add_generation_prompt")
 
@@ -149,3 +155,32 @@ class ChatTemplate:
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
             # a template's own Python-level failure on this input, e.g. `content | trim` on an odd value
             raise TemplateRenderError(f"the chat template failed on the conversation: {exc!r}") from exc
+
+
+def read_chat_template(model_dir: str | Path) -> ChatTemplate | None:
+    """The chat template of a saved Hugging Face tokenizer directory, or None when it has none.
+
+    Read the way transformers reads it, without transformers: the source from ``chat_template.jinja``
+    (else the ``chat_template`` string of ``tokenizer_config.json``), the special tokens from
+    ``tokenizer_config.json`` (a plain string, or an AddedToken object's ``content``)."""
+    directory = Path(model_dir)
+    config_path = directory / "tokenizer_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TemplateRenderError(f"{config_path} is unreadable: {exc}") from exc
+    source = None
+    if (directory / TEMPLATE_FILE).is_file():
+        source = (directory / TEMPLATE_FILE).read_text(encoding="utf-8")
+    elif isinstance(config.get("chat_template"), str):
+        source = config["chat_template"]
+    if not source:
+        return None
+    tokens = {}
+    for name in SPECIAL_TOKEN_NAMES:
+        value = config.get(name)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            tokens[name] = value
+    return ChatTemplate(source, tokens)

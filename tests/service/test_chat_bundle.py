@@ -29,7 +29,11 @@ FIXTURE = Path(__file__).parent / "fixtures" / "manifest_pre_chat.json"
 # plain-text markers: the tiny bundle's MiniLM tokenizer has no chat special tokens
 TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {{ eos_token }}\n{% endfor %}"
 MESSAGES = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
-PAIRS = [("How do I bake bread?", "Mix flour and water."), ("", ""), ("Tell me about the sea. " * 30, "Deep. " * 30)]
+PAIRS = [
+    ("How do I bake bread?", "Mix flour and water."),
+    ("", ""),
+    ("Tell me about the sea. " * 30, "Deep. " * 30),
+]
 
 
 def rewrite(bundle: Path, **changes: object) -> None:
@@ -72,7 +76,9 @@ def test_a_chat_bundle_passes_the_service_canary(tmp_path: Path) -> None:
 def test_a_chat_manifest_without_its_template_is_refused(tmp_path: Path) -> None:
     bundle = make_tiny_bundle(tmp_path / "b")
     with pytest.raises(ManifestError, match="needs chat_template"):
-        rewrite(bundle, input_format="chat", truncation={"policy": CHAT_TRUNCATION_POLICY_NAME, "max_length": 128})
+        rewrite(
+            bundle, input_format="chat", truncation={"policy": CHAT_TRUNCATION_POLICY_NAME, "max_length": 128}
+        )
     (bundle / CHAT_TEMPLATE_NAME).write_text(TEMPLATE)
     with pytest.raises(ManifestError, match="truncates with"):
         rewrite(bundle, input_format="chat", chat_template={})  # still the pair truncation policy

@@ -37,7 +37,10 @@ def ids_of(encoder: ChatEncoder, messages: list[dict[str, str]]) -> list[int]:
 def test_a_pair_is_a_user_question_and_an_assistant_answer(bpe: Tokenizer) -> None:
     encoder = chat_encoder(bpe, CHATML)
     pair = encoder.encode_one("How do I bake bread?", "Mix flour.")
-    conversation = [{"role": "user", "content": "How do I bake bread?"}, {"role": "assistant", "content": "Mix flour."}]
+    conversation = [
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": "Mix flour."},
+    ]
     assert pair == encoder.encode_conversations([conversation])[0]
 
 
@@ -93,7 +96,7 @@ def test_a_long_answer_alone_is_cut_from_the_right_keeping_the_end_of_turn(bpe: 
     end_of_turn = bpe.encode("<|im_end|>\n", add_special_tokens=False).ids
     assert encoded.input_ids[-len(end_of_turn) :] == end_of_turn  # what a decoder reads last survives
     kept = 64 - len(end_of_turn)
-    assert encoded.input_ids[: kept] == frame[: kept]  # system + header + the answer's beginning
+    assert encoded.input_ids[:kept] == frame[:kept]  # system + header + the answer's beginning
     prefix = len(ids_of(encoder, [SYSTEM, {"role": "assistant", "content": ""}])) - len(end_of_turn)
     assert encoded.answer_tokens == 64 - prefix - len(end_of_turn)
 
@@ -146,7 +149,10 @@ def test_split_chat_budget(sizes: tuple[int, int, int], budget: int, kept: tuple
         ([{"role": "assistant", "content": ["a", "b"]}], "content must be a string"),
         ([{"role": "assistant", "content": None}], "content must be a string"),
         ([{"role": "assistant"}], "needs both"),
-        ([{"role": "user", "content": "a"}, SYSTEM, {"role": "assistant", "content": "b"}], "only come first"),
+        (
+            [{"role": "user", "content": "a"}, SYSTEM, {"role": "assistant", "content": "b"}],
+            "only come first",
+        ),
         (["just text"], "expected an object"),
     ],
 )
@@ -179,7 +185,9 @@ def test_a_pair_bundle_reads_conversations_as_hh_text() -> None:
     question = "Be kind.\n\nHuman: Hi?\n\nAssistant: Hello.\n\nHuman: The sea?\n\nAssistant:"
     assert encoder.encode_conversations([messages]) == [encoder.encode_one(question, " It is deep.")]
     with pytest.raises(InvalidConversation, match=r"conversation 0: .*unknown role"):
-        encoder.encode_conversations([[{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]])
+        encoder.encode_conversations(
+            [[{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]]
+        )
 
 
 def test_messages_may_be_message_objects() -> None:

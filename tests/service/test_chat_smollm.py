@@ -16,7 +16,10 @@ from service.encoding import TruncationPolicy
 pytestmark = pytest.mark.slow
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "How do I bake bread?"}, {"role": "assistant", "content": "Mix flour, then bake."}],
+    [
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": "Mix flour, then bake."},
+    ],
     [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Hi!\n\nHow are you?"},
@@ -74,7 +77,9 @@ def test_the_pad_token_is_the_eos_as_in_the_issue(smollm: tuple[Any, ChatEncoder
     assert ids.count(encoder.pad_token_id) >= 2
 
 
-def test_text_rendered_by_smollm_parses_back_and_rerenders_identically(smollm: tuple[Any, ChatEncoder]) -> None:
+def test_text_rendered_by_smollm_parses_back_and_rerenders_identically(
+    smollm: tuple[Any, ChatEncoder],
+) -> None:
     """What OpenRLHF sends for a SmolLM2 policy: the prompt after its template, then the response with
     its EOS. Parsed back (the template's default system message included) and re-rendered by a reward
     model with the same template, it is the same text the policy's template writes for the whole chat."""
@@ -88,3 +93,16 @@ def test_text_rendered_by_smollm_parses_back_and_rerenders_identically(smollm: t
     assert parsed.messages[0]["role"] == "system" and parsed.messages[1:] == messages
     whole = hf.apply_chat_template(messages, tokenize=False)
     assert encoder.render(validate_conversation(parsed.messages)) == whole
+
+
+def test_the_saved_tokenizer_directory_gives_transformers_template_and_tokens(
+    smollm: tuple[Any, ChatEncoder], tmp_path: Path
+) -> None:
+    """`read_chat_template` reads a saved tokenizer the way transformers does, without transformers."""
+    from service.chat_template import read_chat_template
+
+    hf, _ = smollm
+    hf.save_pretrained(tmp_path)
+    template = read_chat_template(tmp_path)
+    assert template is not None
+    assert template.source == hf.chat_template and template.special_tokens == hf.special_tokens_map

@@ -4,6 +4,7 @@ transformers' environment, with a byte-level BPE tokenizer built in the test."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -15,7 +16,10 @@ from service.conversation import TemplateRenderError, validate_conversation
 from tests.service.chat_helpers import SPECIAL_TOKENS, TEMPLATES, chat_encoder, hf_tokenizer, tiny_bpe
 
 CONVERSATIONS: dict[str, list[dict[str, str]]] = {
-    "single": [{"role": "user", "content": "How do I bake bread?"}, {"role": "assistant", "content": "Mix flour."}],
+    "single": [
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": "Mix flour."},
+    ],
     "system": [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "Hello there"},
@@ -48,8 +52,12 @@ def test_rendering_and_ids_equal_transformers(
 ) -> None:
     template, messages = TEMPLATES[template_name], CONVERSATIONS[conversation_name]
     hf = hf_tokenizer(bpe, template)
-    expected: Any = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    ours = ChatTemplate(template, SPECIAL_TOKENS).render(validate_conversation(messages), add_generation_prompt)
+    expected: Any = hf.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    ours = ChatTemplate(template, SPECIAL_TOKENS).render(
+        validate_conversation(messages), add_generation_prompt
+    )
     assert ours == expected
     if not add_generation_prompt:  # the encoder scores finished conversations
         expected_ids = hf.apply_chat_template(messages, tokenize=True, return_dict=False)
@@ -97,3 +105,26 @@ def test_template_hash_is_the_sha256_of_its_source() -> None:
 
     template = ChatTemplate(TEMPLATES["chatml"], SPECIAL_TOKENS)
     assert template.sha256 == hashlib.sha256(TEMPLATES["chatml"].encode()).hexdigest()
+
+
+def test_read_chat_template_from_a_saved_tokenizer(bpe: Tokenizer, tmp_path: Path) -> None:
+    from service.chat_template import read_chat_template
+
+    hf = hf_tokenizer(bpe, TEMPLATES["llama3"])
+    hf.save_pretrained(tmp_path)
+    template = read_chat_template(tmp_path)
+    assert template is not None
+    assert template.source == TEMPLATES["llama3"] and template.special_tokens == hf.special_tokens_map
+    assert read_chat_template(tmp_path / "nothing-here") is None
+
+
+def test_read_chat_template_from_an_older_tokenizer_config(tmp_path: Path) -> None:
+    """Before chat_template.jinja existed the template sat in tokenizer_config.json, tokens as objects."""
+    import json
+
+    from service.chat_template import read_chat_template
+
+    config = {"chat_template": TEMPLATES["chatml"], "eos_token": {"__type": "AddedToken", "content": "</s>"}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    template = read_chat_template(tmp_path)
+    assert template is not None and template.special_tokens == {"eos_token": "</s>"}
