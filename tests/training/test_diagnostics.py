@@ -51,9 +51,13 @@ def test_evaluate_scores_reports_length_correlation_and_uncertainty_aurocs() -> 
     metrics = evaluate_scores(pairs, chosen, rejected, [False] * 4, tokens, spread)
     scores = np.concatenate([chosen, rejected])
     assert metrics["length_pearson"] == pytest.approx(np.corrcoef(scores, np.arange(1, 9))[0, 1])
+    assert metrics["length_pearson_in_pairs"] is None  # every pair differs by 4 tokens: undefined
     # wrong pairs have uncertainty .8 and .2, right ones .1 and .2: (1 + 1 + 1 + 0.5) / 4
     assert metrics["uncertainty_auroc"] == pytest.approx(3.5 / 4)
     # |margin| 1, 1, 1, 1: every pair ties, no information
     assert metrics["margin_auroc"] == 0.5
+    uneven = evaluate_scores(pairs, chosen, rejected, [False] * 4, (np.array([1, 2, 3, 9]), tokens[1]))
+    margins, token_diffs = chosen - rejected, np.array([1, 2, 3, 9]) - tokens[1]
+    assert uneven["length_pearson_in_pairs"] == pytest.approx(np.corrcoef(margins, token_diffs)[0, 1])
     plain = evaluate_scores(pairs, chosen, rejected, [False] * 4)
     assert plain["length_pearson"] is None and plain["uncertainty_auroc"] is None

@@ -69,20 +69,25 @@ def test_pearson_on_hand_computed_values() -> None:
 def test_length_decorrelation_and_orthogonality_on_hand_computed_values() -> None:
     from training.reward.losses import length_decorrelation, orthogonality
 
-    z = torch.tensor([-1.0, 0.0, 1.0, 2.0])  # standardised over a whole split, so not centred here
-    quality = torch.tensor([[1.0, 1.0], [2.0, 3.0], [3.0, 2.0], [4.0, 4.0]])
-    length_score = torch.tensor([4.0, 3.0, 2.0, 1.0])  # rho -1 with z, population std sqrt(1.25)
-    term, metrics = length_decorrelation(quality, length_score, z)
-    # mean(q z): column 0 (-1 + 0 + 3 + 8) / 4 = 2.5, column 1 (-1 + 0 + 2 + 8) / 4 = 2.25
-    assert metrics["length_moment"] == pytest.approx((2.5 + 2.25) / 2)
-    assert term.item() == pytest.approx((2.5 + 2.25) / 2 - 1.0 * math.sqrt(1.25), abs=1e-6)
-    assert metrics["rho_length"] == pytest.approx(-1.0, abs=1e-6)  # a falling length head counts fully
+    lengths = torch.tensor([1, 2, 3, 4])
+    quality = torch.tensor([[1.0, 1.0], [2.0, 3.0], [3.0, 2.0], [4.0, 4.0]])  # rho 1.0 and 0.8
+    length_score = torch.tensor([4.0, 3.0, 2.0, 1.0])  # rho -1: a falling length head counts fully
+    term, metrics = length_decorrelation(quality, length_score, lengths)
+    std = math.sqrt(1.25)  # population std of 1, 2, 3, 4: every column here is a permutation of it
+    assert term.item() == pytest.approx((1.0 + 0.8) / 2 * std - 1.0 * std, abs=1e-6)
+    assert metrics["rho_length"] == pytest.approx(-1.0, abs=1e-6)
     assert metrics["rho_quality"] == pytest.approx(0.9 * 5 / math.sqrt(5 * 4.5), abs=1e-6)  # mean column
-    # a batch of long answers (z > 0) whose scores sit above 0 is penalised even without a trend in it
-    flat, _ = length_decorrelation(torch.full((4, 1), 0.5), length_score, torch.full((4,), 2.0))
-    assert flat.item() == pytest.approx(1.0 - 0.0, abs=1e-6)  # the length head has no correlation here
+    # each correlation counts in its head's score units, and its gradient has no component along
+    # the scores: shrinking them is no way down
+    small, _ = length_decorrelation(quality * 1e-3, length_score, lengths)
+    assert small.item() == pytest.approx(1e-3 * (1.0 + 0.8) / 2 * std - 1.0 * std, abs=1e-6)
+    q = quality.clone().requires_grad_(True)
+    length_decorrelation(q, length_score, lengths)[0].backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    centred = quality - quality.mean(dim=0)
+    assert (q.grad * centred).sum(dim=0).abs().max().item() < 1e-5
     w = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    assert orthogonality(w, torch.tensor([0.0, 2.0])).item() == pytest.approx(0.5 / math.sqrt(2), abs=1e-6)
+    assert orthogonality(w, torch.tensor([0.0, 2.0])).item() == pytest.approx((0 + 0.5) / 2, abs=1e-6)
     assert orthogonality(w[:1], torch.tensor([0.0, -3.0])).item() == pytest.approx(0.0, abs=1e-7)
 
 
@@ -100,7 +105,7 @@ def test_multi_head_loss_on_hand_computed_values() -> None:
 
     # rows: chosen 0, chosen 1, rejected 0, rejected 1; columns: quality 0, quality 1, length
     logits = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
-    lengths = torch.tensor([-1.5, -0.5, 0.5, 1.5])  # standardised answer tokens
+    lengths = torch.tensor([10.0, 20.0, 30.0, 40.0])
     weights = torch.tensor([[1.0, 2.0], [0.0, 1.0]])  # [pair, head]
     head_weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     loss, metrics = multi_head_loss(
@@ -117,10 +122,10 @@ def test_multi_head_loss_on_hand_computed_values() -> None:
     # ranked r_i = q_i + l: head 0 margins (1.5, -1.0), head 1 margins (0.5, 0.0)
     rank = ((1 * _nll(1.5) + 0 * _nll(-1.0)) / 2 + (2 * _nll(0.5) + 1 * _nll(0.0)) / 2) / 2
     center = (1.0 + 0.0 + 0.25 + 2.25) / 4 + (0.25 + 0.25) / 2  # every head's (r_c + r_r)^2, averaged
-    q, l, z = logits.numpy()[:, :2], logits.numpy()[:, 2], lengths.numpy()
-    moment = np.abs((q * z[:, None]).mean(axis=0)).mean()
-    length_term = moment - abs(np.corrcoef(l, z)[0, 1]) * l.std()
-    ortho = 1 / math.sqrt(2)
+    q, length_col, L = logits.numpy()[:, :2], logits.numpy()[:, 2], lengths.numpy()
+    within = [abs(np.corrcoef(q[:, i], L)[0, 1]) * q[:, i].std() for i in range(2)]
+    length_term = float(np.mean(within)) - abs(np.corrcoef(length_col, L)[0, 1]) * length_col.std()
+    ortho = 0.5  # cos^2 of both quality rows with the length row (1, 1): (1/sqrt 2)^2
     assert loss.item() == pytest.approx(rank + 0.1 * center + 0.5 * length_term + 2.0 * ortho, rel=1e-5)
     assert metrics["rank_loss"] == pytest.approx(rank, rel=1e-6)
     assert metrics["length_term"] == pytest.approx(length_term, rel=1e-5)
@@ -171,8 +176,8 @@ def test_minimising_the_length_term_moves_length_into_the_length_head() -> None:
     from training.reward.losses import length_decorrelation, pearson
 
     torch.manual_seed(0)
-    lengths = (torch.arange(1.0, 33.0) - 16.5) / 9.2  # standardised
-    quality = (lengths / 3 + 0.3 * torch.randn(32)).unsqueeze(1).requires_grad_(True)  # starts length-biased
+    lengths = torch.arange(1.0, 33.0)
+    quality = (lengths / 30 + 0.3 * torch.randn(32)).unsqueeze(1).requires_grad_(True)  # starts length-biased
     length_score = torch.randn(32, requires_grad=True)
     optimizer = torch.optim.SGD([quality, length_score], lr=1.0)
     start = pearson(quality[:, 0].detach(), lengths).item()

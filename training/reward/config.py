@@ -123,13 +123,14 @@ class RewardConfig(DataclassConfig):
     length_coef: float = field(
         default=1.0,
         metadata={
-            "help": "Weight of mean|rho(quality, length)| - rho(length head, length) (with --length-head)."
+            "help": "Weight of the length term: quality heads off answer length, the length head on it "
+            "(with --length-head; training/reward/losses.py)."
         },
     )
     ortho_coef: float = field(
         default=1.0,
         metadata={
-            "help": "Weight of |cos| between the quality and length head weights (with --length-head)."
+            "help": "Weight of cos^2 between the quality and length head weights (with --length-head)."
         },
     )
 

@@ -10,7 +10,8 @@ Metrics: pairwise accuracy (a tie counts as wrong: a reward that cannot tell two
 no preference), mean margin r_chosen - r_rejected, truncation rate (pairs where either side was
 cut), and the length bias: accuracy where the chosen answer is the longer one vs the shorter one
 (characters; a model that learned "longer is better", or "shorter", shows a large gap between the
-two) and the Pearson correlation of the score with the answer's tokens over every scored answer.
+two) and the Pearson correlation of the score with the answer's tokens, over every scored answer and
+within pairs (score difference vs token difference of two answers to one question).
 Graphs with several quality heads add how well their served uncertainty flags the pairs the model
 gets wrong (AUROC, beside the AUROC of a small |margin|: diagnostics.py); graphs with a length head
 add its own correlation with length. The scores judged are the served ones: when the manifest
@@ -61,6 +62,9 @@ class EvalReport:
     seconds: float
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     length_pearson: float | None = None  # Pearson(score, answer tokens) over both answers of every pair
+    # Pearson(r_chosen - r_rejected, tokens_chosen - tokens_rejected): the length preference between two
+    # answers to one question, the one a policy compared against its own samples can exploit
+    length_pearson_in_pairs: float | None = None
     uncertainty_auroc: float | None = None  # pair uncertainty ranking the wrong pairs (ensembles only)
     margin_auroc: float | None = None  # a small |margin| ranking the wrong pairs: the baseline to beat
     length_head_pearson: float | None = None  # Pearson(length_score, answer tokens) (length head only)
@@ -88,7 +92,8 @@ class EvalReport:
             f"truncated {self.truncated} pairs ({pct(self.truncation_rate)})",
             f"length    chosen longer: {pct(self.chosen_longer.accuracy)} of {self.chosen_longer.pairs}"
             f" | chosen shorter: {pct(self.chosen_shorter.accuracy)} of {self.chosen_shorter.pairs}"
-            f" | Pearson(score, answer tokens) {corr(self.length_pearson)}",
+            f" | Pearson(score, answer tokens) {corr(self.length_pearson)}"
+            f", within pairs {corr(self.length_pearson_in_pairs)}",
         ]
         if self.uncorrected is not None:
             before = self.uncorrected
@@ -147,6 +152,9 @@ def evaluate_scores(
         "length_pearson": None
         if answer_tokens is None
         else pearson(np.concatenate([chosen_scores, rejected_scores]), np.concatenate(answer_tokens)),
+        "length_pearson_in_pairs": None
+        if answer_tokens is None
+        else pearson(chosen_scores - rejected_scores, answer_tokens[0] - answer_tokens[1]),
         "uncertainty_auroc": None if uncertainty is None else auroc(pair_uncertainty(*uncertainty), ~correct),
         "margin_auroc": None
         if uncertainty is None
@@ -216,4 +224,5 @@ def _length_metrics(
     """Accuracy, the length split and Pearson(score, tokens) of scores [2n] (chosen sides first)."""
     n = len(pairs)
     metrics = evaluate_scores(pairs, scores[:n], scores[n:], [False] * n, (tokens[:n], tokens[n:]))
-    return {k: metrics[k] for k in ("accuracy", "chosen_longer", "chosen_shorter", "length_pearson")}
+    keep = ("accuracy", "chosen_longer", "chosen_shorter", "length_pearson", "length_pearson_in_pairs")
+    return {k: metrics[k] for k in keep}

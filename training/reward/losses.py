@@ -1,7 +1,7 @@
 """The reward losses: pairwise (Bradley-Terry), and the multi-head loss of ODIN and the head ensemble.
 
     loss, metrics = pairwise_loss(r_chosen, r_rejected, margin=0.0, center_coef=0.01)
-    loss, metrics = multi_head_loss(logits, length_z, quality_heads=5, length_head=True,
+    loss, metrics = multi_head_loss(logits, lengths, quality_heads=5, length_head=True,
                                     pair_weights=w, center_coef=0.01, length_coef=1.0,
                                     ortho_coef=1.0, head_weight=classifier.weight)
 
@@ -15,36 +15,37 @@ pairwise loss, bit for bit). Each quality head q_i is ranked through r_i = q_i +
 length head (0 without one), on its own bootstrap weights; then, with a length head (ODIN, Chen et
 al. 2024, "Disentangled Reward Mitigates Hacking in RLHF"):
 
-    + length_coef * (mean_i |mean_b(q_i z)| - |rho(l, z)| sg(std l))
-                     z = answer tokens standardised over the whole training split, rho = Pearson
-                     within the batch, sg = stop-gradient (detached)
-    + ortho_coef * mean_i |cos(w_i, w_l)|                    the classifier rows of the heads
+    + length_coef * (mean_i |rho(q_i, L)| sg(std q_i) - |rho(l, L)| sg(std l))
+                     rho = Pearson within the batch, L = answer tokens of the 2B sequences,
+                     sg = stop-gradient (detached)
+    + ortho_coef * mean_i cos(w_i, w_l)^2                    the classifier rows of the heads
 
 The ranking loss lets the sum use length as the data supports it; the length term pushes that signal
 into l and out of every q_i (|rho(l, z)| = 1 also means l holds nothing *but* length); the
 orthogonality term keeps their weight vectors apart, so the quality heads (the served score) cannot
 read the length direction of the pooled features.
 
-Three changes to ODIN's length term, each forced by a measured failure (README "Length bias"):
+Changes to ODIN, each forced by a measured failure on the embedded data (README "Length bias"):
 
-- The quality side is mean_b(q_i z), the score's moment with *globally* standardised length, where
-  ODIN takes Pearson(q_i, L) within the batch. Batches here are length-sorted (batching.py), so a
-  batch holds pairs of similar length and its own correlation cannot see that long pairs score lower
-  than short ones as a whole; on held-out pairs that between-pair trend carried most of the score's
-  length correlation. With z centred on the training split's mean, a batch of long answers is
-  penalised for any offset of its mean score, and one of mixed lengths for any within-batch trend:
-  zero for every batch means no length trend at any scale. It is in score units (score change per
-  std of length, as long as the centring term holds the scores' mean at 0).
-- The length side is |rho(l, z)| where ODIN maximises rho(l, L): ODIN's data prefer longer answers,
-  so the ranking loss and a length head that rises with length pull the same way; in hh-rlhf's
-  harmless pairs the chosen answer is more often the *shorter* one, and a head pushed to rise with
-  length fought the ranking instead of absorbing it (the ranking loss did not fall). The length
-  head may take whichever sign the data hold.
-- Both sides are on the scale of the scores: a Pearson correlation does not depend on its input's
-  scale, so its gradient grows as 1/std of the head. Fresh heads score with a tiny spread, and
-  there ODIN's term outweighed the ranking loss many times over: the model learned to decorrelate
-  and hardly to rank. The moment above is in score units already; rho(l, z) is weighted by the
-  length head's detached std, which keeps ODIN's gradient direction at the scores' scale.
+- |rho(l, L)| where ODIN maximises rho(l, L): ODIN's data prefer longer answers, so the ranking loss
+  and a length head that rises with length pull the same way; in hh-rlhf's harmless pairs the
+  chosen answer is more often the *shorter* one, and a head pushed to rise with length fought the
+  ranking instead of absorbing it (the ranking loss did not fall). The length head may take
+  whichever sign the data hold.
+- The detached std factors: a Pearson correlation does not depend on its input's scale, so its
+  gradient grows as 1/std of the head. Fresh heads score with a tiny spread, and there ODIN's term
+  outweighed the ranking loss many times over: the model learned to decorrelate and hardly to rank.
+  Weighting each correlation by its head's detached std keeps its gradient direction and puts its
+  size on the scores' scale; at a fixed head scale it is ODIN's term times that scale.
+- cos^2 where ODIN takes |cos| for the weights (see `orthogonality`).
+
+What the batch-level correlation does not reach: batches are length-sorted (batching.py), so a
+batch holds pairs of similar length, and its correlation cannot see whether long pairs as a whole
+score below short ones. On held-out pairs that between-pair trend carries most of the remaining
+correlation of score and length; the preference *between two answers to one question* (what a
+policy compared against its own samples exploits) is what this term reduces. Attempts to reach the
+between-pair trend too (correlating with lengths standardised over the training split, uncentred;
+adding the batch means' product) cost several points of accuracy on 113 steps and were dropped.
 Pure functions: no model, no state, so they are tested against hand-computed values.
 """
 
@@ -95,43 +96,45 @@ def pearson(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tenso
 
 
 def length_decorrelation(
-    quality: torch.Tensor, length_score: torch.Tensor, length_z: torch.Tensor
+    quality: torch.Tensor, length_score: torch.Tensor, lengths: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """mean_i |mean(q_i z)| - |rho(l, z)| sg(std l) for quality [n, M], length_score [n], z [n].
+    """mean_i |rho(q_i, L)| sg(std q_i) - |rho(l, L)| sg(std l): quality [n, M], length_score [n], L [n].
 
-    ``length_z`` are the answer lengths standardised over the training split (not this batch; the
-    module docstring says why). Metrics: "length_moment" = the quality part, "rho_quality" =
-    rho(mean of the quality heads, z) within the batch (the served score, signed) and "rho_length"
-    = rho(l, z)."""
-    assert quality.dim() == 2 and quality.shape[0] == length_score.shape[0] == length_z.shape[0], (
-        f"expected quality [n, M], length_score [n], length_z [n]; got {tuple(quality.shape)}, "
-        f"{tuple(length_score.shape)}, {tuple(length_z.shape)}"
+    (sg = detached; the module docstring says why.) Metrics: "rho_quality" = rho(served score, L)
+    (the mean of the quality heads, signed) and "rho_length" = rho(l, L)."""
+    assert quality.dim() == 2 and quality.shape[0] == length_score.shape[0] == lengths.shape[0], (
+        f"expected quality [n, M], length_score [n], lengths [n]; got {tuple(quality.shape)}, "
+        f"{tuple(length_score.shape)}, {tuple(lengths.shape)}"
     )
-    z = length_z.to(quality.dtype)
-    moment = (quality * z.unsqueeze(1)).mean(dim=0).abs().mean()  # mean over heads of |E_b[q_i z]|
-    rho_length = pearson(length_score, z)
-    term = moment - rho_length.abs() * length_score.detach().std(unbiased=False)
+    L = lengths.to(quality.dtype)
+    rho_heads = torch.stack([pearson(quality[:, i], L) for i in range(quality.shape[1])])  # [M]
+    rho_length = pearson(length_score, L)
+    scale_heads = quality.detach().std(dim=0, unbiased=False)  # [M]
+    scale_length = length_score.detach().std(unbiased=False)
+    term = (rho_heads.abs() * scale_heads).mean() - rho_length.abs() * scale_length
     with torch.no_grad():
-        metrics = {
-            "length_moment": float(moment),
-            "rho_quality": float(pearson(quality.mean(dim=1), z)),
-            "rho_length": float(rho_length),
-        }
+        metrics = {"rho_quality": float(pearson(quality.mean(dim=1), L)), "rho_length": float(rho_length)}
     return term, metrics
 
 
 def orthogonality(w_quality: torch.Tensor, w_length: torch.Tensor) -> torch.Tensor:
-    """mean_i |cos(w_quality[i], w_length)| for classifier rows w_quality [M, H] and w_length [H]."""
+    """mean_i cos(w_quality[i], w_length)^2 for classifier rows w_quality [M, H] and w_length [H].
+
+    Squared where ODIN takes |cos|: heads start nearly orthogonal (random rows in a wide space),
+    and there the subgradient of |cos| keeps its full size, a scale-free 1/|w|, flipping sign every
+    step. On the quality row it outweighed the ranking gradient many times over, so under Adam the
+    row moved mostly by that noise and the quality head barely learned to rank (README "Length
+    bias"). The square has the same minimum and a gradient that vanishes there."""
     assert w_quality.dim() == 2 and w_quality.shape[1] == w_length.shape[0], (
         f"expected w_quality [M, H] and w_length [H]; got {tuple(w_quality.shape)}, {tuple(w_length.shape)}"
     )
     cos = F.cosine_similarity(w_quality, w_length.unsqueeze(0).expand_as(w_quality), dim=1)  # [M]
-    return cos.abs().mean()
+    return (cos * cos).mean()
 
 
 def multi_head_loss(
     logits: torch.Tensor,
-    length_z: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
     *,
     quality_heads: int = 1,
     length_head: bool = False,
@@ -144,12 +147,10 @@ def multi_head_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of logits [2B, M (+1)]: rows [0, B) chosen, [B, 2B) rejected (batching.py).
 
-    ``length_z`` [2B] answer tokens standardised over the training split (needed with a length
-    head), ``pair_weights`` [B, M] bootstrap
+    ``lengths`` [2B] answer tokens (needed with a length head), ``pair_weights`` [B, M] bootstrap
     weights (None = 1), ``head_weight`` [M (+1), H] the classifier's weight (needed for ortho_coef).
     Metrics: "loss"; "accuracy" and "margin" of the served score (mean of the quality heads);
-    "rank_loss"; with a length head "length_term", "length_moment", "rho_quality", "rho_length" and
-    "ortho"."""
+    "rank_loss"; with a length head "length_term", "rho_quality", "rho_length" and "ortho"."""
     M = quality_heads
     n, columns = logits.shape
     assert columns == M + int(length_head), f"logits have {columns} columns, expected {M + int(length_head)}"
@@ -183,8 +184,8 @@ def multi_head_loss(
             "margin": float(diff.mean()),
         }
     if length_score is not None:
-        assert length_z is not None and length_z.shape == (n,), "a length head needs length_z [2B]"
-        term, rho = length_decorrelation(quality, length_score, length_z)
+        assert lengths is not None and lengths.shape == (n,), "a length head needs lengths [2B]"
+        term, rho = length_decorrelation(quality, length_score, lengths)
         metrics |= {"length_term": float(term.detach()), **rho}
         if length_coef:
             loss = loss + length_coef * term

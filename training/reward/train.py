@@ -110,7 +110,6 @@ class EncodedData:
     lengths: list[int]  # padded width each training pair needs (batching.pair_lengths)
     per_epoch: int  # batches per process per epoch
     pair_weights: np.ndarray  # [n_pairs, quality_heads] bootstrap weight of each pair per head
-    answer_length: tuple[float, float]  # mean, std of the answer tokens of the split (both answers)
 
 
 @dataclass
@@ -217,12 +216,9 @@ def _encode_data(config: RewardConfig, world: int) -> EncodedData:
     per_epoch = n_batches // world  # batches per process per epoch
     assert per_epoch >= 1, f"{len(train_pairs)} training pairs make no batch for each of {world} processes"
     weights = bootstrap_weights(len(train_pairs), config.quality_heads, config.seed)
-    tokens = np.array([e.answer_tokens for e in (*chosen, *rejected)], dtype=np.float64)
-    answer_length = (float(tokens.mean()), float(tokens.std()) or 1.0)
     return EncodedData(
-        report, train_pairs, val_pairs, tokenizer_json, encoder, chosen, rejected, lengths, per_epoch,
-        weights, answer_length,
-    )  # fmt: skip
+        report, train_pairs, val_pairs, tokenizer_json, encoder, chosen, rejected, lengths, per_epoch, weights
+    )
 
 
 def _model_and_optimizer(
@@ -287,16 +283,15 @@ def _loss(
     config: RewardConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The multi-head loss of one micro-batch (the plain pairwise loss for one head; see losses.py)."""
-    length_z = weights = classifier = None
+    lengths = weights = classifier = None
     if config.length_head:
-        mean, std = data.answer_length  # the whole split's: losses.py says why not the batch's
-        length_z = torch.from_numpy((batch["answer_tokens"] - mean) / std).float().to(logits.device)  # [2B]
+        lengths = torch.from_numpy(batch["answer_tokens"]).to(logits.device)  # [2B]
         classifier = head_weight(raw_model)  # type: ignore[arg-type]  # [heads, hidden]
     if config.quality_heads > 1:
         weights = torch.from_numpy(data.pair_weights[batch["pair_index"]]).to(logits.device)  # [B, M]
     return multi_head_loss(
         logits,
-        length_z,
+        lengths,
         quality_heads=config.quality_heads,
         length_head=config.length_head,
         pair_weights=weights,
