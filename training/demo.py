@@ -35,7 +35,10 @@ from typing import Annotated, Any
 import typer
 
 from bench.procs import ServerFailed, free_port, start_server
-from training.policy.report import Sample, phrase_share, read_samples, side_by_side
+from training.policy.report import Sample, phrase_share, read_samples, repetition_share, side_by_side
+
+# above this share of held-out answers repeating a phrase, the summary warns that the proxy is gamed
+DEGENERATE_SHARE = 0.5
 
 
 class DemoError(RuntimeError):
@@ -271,6 +274,13 @@ def summary_rows(
     if samples[0] and samples[1]:
         share = f"{phrase_share(samples[0], 'sorry'):.0%} → {phrase_share(samples[1], 'sorry'):.0%}"
         rows.insert(-2, ('answers containing "sorry"', f"{share} ({len(samples[1])} held-out samples)"))
+        before, after = repetition_share(samples[0]), repetition_share(samples[1])
+        rows.insert(-2, ("answers repeating a 3-word phrase", f"{before:.0%} → {after:.0%}"))
+        if after > DEGENERATE_SHARE:
+            rows.insert(
+                -2,
+                ("warning", "most answers now repeat a phrase: the proxy is being gamed, whatever its gain"),
+            )
     return rows
 
 

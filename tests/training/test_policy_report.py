@@ -13,6 +13,8 @@ from training.policy.report import (
     one_line,
     phrase_share,
     read_samples,
+    repeats_a_phrase,
+    repetition_share,
     side_by_side,
 )
 
@@ -68,3 +70,15 @@ def test_side_by_side_pairs_the_first_answer_of_each_prompt_within_the_width() -
         "   before: " + one_line(before[0].answer, 49),
         "   after : I'm sorry.",
     ]  # without scales no scores are shown
+
+
+def test_repetition_flags_a_collapsed_answer_and_not_a_normal_one() -> None:
+    assert repeats_a_phrase("I'm sorry I'm sorry I'm sorry.")
+    assert repeats_a_phrase("Oh sorry, I'm SORRY I'm sorry")
+    assert not repeats_a_phrase("I'm sorry, I can't help with that. Is there something else I can do?")
+    assert not repeats_a_phrase("No.")
+    samples = [
+        Sample(i, "q", a, 0.0) for i, a in enumerate(["I'm sorry I'm sorry I'm sorry", "Sure, here it is"])
+    ]
+    assert repetition_share(samples) == 0.5
+    assert math.isnan(repetition_share([]))

@@ -59,6 +59,24 @@ def phrase_share(samples: Sequence[Sample], phrase: str) -> float:
     return sum(needle in s.answer.lower() for s in samples) / len(samples)
 
 
+def repeats_a_phrase(answer: str, words: int = 3) -> bool:
+    """Whether some run of ``words`` consecutive words occurs twice or more in ``answer`` (case-folded).
+
+    A degenerate policy repeats what the reward model likes ("I'm sorry I'm sorry I'm sorry"); a normal
+    answer of a few dozen tokens rarely repeats three words in a row, so the share of answers that do is
+    a warning sign that needs no reward model at all."""
+    tokens = re.findall(r"[\w']+", answer.lower())
+    grams = [tuple(tokens[i : i + words]) for i in range(len(tokens) - words + 1)]
+    return len(grams) != len(set(grams))
+
+
+def repetition_share(samples: Sequence[Sample], words: int = 3) -> float:
+    """Share of answers that repeat a phrase of ``words`` words (see `repeats_a_phrase`); NaN without samples."""
+    if not samples:
+        return math.nan
+    return sum(repeats_a_phrase(s.answer, words) for s in samples) / len(samples)
+
+
 def one_line(text: str, width: int) -> str:
     """``text`` with its whitespace collapsed, cut to ``width`` characters (an ellipsis marks a cut)."""
     flat = " ".join(text.split())
