@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from service.schemas import ScoreRequest  # module level: FastAPI resolves the route's annotation here
+from service.schemas import PairsRequest  # module level: FastAPI resolves the route's annotation here
 
 
 def build_app(model_dir: str, threads: int, max_length: int):  # type: ignore[no-untyped-def]
@@ -34,7 +34,7 @@ def build_app(model_dir: str, threads: int, max_length: int):  # type: ignore[no
         return {"status": "ok"}
 
     @app.post("/score")
-    def score(body: ScoreRequest) -> dict[str, object]:
+    def score(body: PairsRequest) -> dict[str, object]:
         questions = [p.question for p in body.pairs]
         answers = [p.answer for p in body.pairs]
         batch = tokenizer(

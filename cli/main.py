@@ -60,6 +60,12 @@ bench_app.command("train")(bench_train_command)
 from cli.score import score_command  # noqa: E402
 
 app.command("score")(score_command)
+from cli.import_rm import import_rm_command  # noqa: E402
+
+app.command("import-rm")(import_rm_command)
+from cli.correct_length import correct_length_command  # noqa: E402
+
+app.command("correct-length")(correct_length_command)
 
 if __name__ == "__main__":
     app()

@@ -1,6 +1,7 @@
 """`rlhf serve`: the scoring service from the command line, one flag per `ServiceSettings` field.
 
     rlhf serve --bundle bundles/rm-v1 --precision int8 --port 8000 --threads 2
+    rlhf serve --bundle bundles/rm-v1 --provider cuda      # onnxruntime-gpu; fp16 when the bundle ships it
 
 The flags are generated from the settings' field descriptions (`cli/options.py`); a flag overrides
 its RLHF_* environment variable, which overrides the default shown in --help.
@@ -15,6 +16,7 @@ import typer
 from cli.options import ConfigOptions, Flag
 from service.bundle import BundleError
 from service.configuration import ConfigError
+from service.providers import ProviderUnavailable
 from service.settings import ServiceSettings
 
 _SECRET_FLAG = "Prefer the env variable: a flag shows in the process list."
@@ -48,7 +50,7 @@ def serve_command(given: dict[str, Any]) -> None:
         raise typer.Exit(2) from exc
     try:
         preflight(settings)  # fail fast with the reason: the log would be easy to miss
-    except BundleError as exc:
+    except (BundleError, ProviderUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     serve(settings)

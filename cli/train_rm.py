@@ -42,12 +42,14 @@ def train_rm_command(
             )
     config = REWARD.build(given)
 
+    from training.reward.bases import BaseModelError
     from training.reward.checkpoint import CheckpointError
     from training.reward.data import DataError
+    from training.reward.encoders import EncoderSourceError
     from training.reward.train import train
 
     try:
         train(config, out, resume=resume, progress=not quiet)
-    except (DataError, CheckpointError, ConfigError) as err:
+    except (DataError, CheckpointError, ConfigError, EncoderSourceError, BaseModelError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err

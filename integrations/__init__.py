@@ -6,7 +6,9 @@
 `integrations.openrlhf_reward`         OpenRLHF ``--reward.remote_url file.py``: ``reward_func``
 `integrations.slime_reward`            slime ``--custom-rm-path``: ``reward``
 `integrations.scorefile`               `rlhf score`: a JSONL file of pairs / dialogues -> scores
-`integrations.convert`                 the one conversion of a trainer's prompt/completion to a pair
+`integrations.convert`                 the one conversion of a trainer's prompt/completion to an item
+`integrations.reward_options`          every adapter's uncertainty penalty and length-disentangled guard
+`integrations.served_format`           pairs for a `pair` bundle, conversations for a `chat` bundle
 `integrations.clients`                 service URLs from the environment; clients reused per process
 =====================================  =========================================================
 

@@ -1,94 +1,75 @@
-"""The one conversion from what an RL trainer holds to the (question, answer) pair the reward model reads.
+"""The one conversion from what an RL trainer holds to the item the served reward model reads.
 
     to_pair([{"role": "user", "content": "Hi?"}], "Hello.")
     # -> ("\\n\\nHuman: Hi?\\n\\nAssistant:", " Hello.")
     split_conversation("<|im_start|>user\\nHi?<|im_end|>\\n<|im_start|>assistant\\nHello.<|im_end|>")
     # -> the same pair
+    to_item([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}], "Hello.", "chat")
+    # -> {"messages": [system "Be brief.", user "Hi?", assistant "Hello."]}
+
+Which item depends on the bundle's input format (``GET /v1/models``' ``input_format``; the adapters
+look it up with `integrations.served_format`): a ``pair`` bundle gets the hh pair below, a ``chat``
+bundle a conversation (``{"messages": [...]}``, docs/api.md) that keeps what hh text cannot hold, so its
+chat template renders what the trainer had: system messages, and contents exactly as written (hh
+text strips them). The ``to_item`` / ``split_conversation_item`` / ``split_query_item`` functions
+choose; the rest of this docstring is about the pair.
 
 The default bundle's reward model was trained on hh-rlhf text: the question is the dialogue up to and
 including the last ``"\\n\\nAssistant:"``, the answer the text after it with its leading space
-(`training.data.split_hh_dialogue`). The policy trainer sends exactly that (`training.policy.prompts`
-renders chat turns with `messages_to_hh`, answers go through `training.policy.scoring.rm_answer`), and
-every adapter in this package converts through this module, so TRL, veRL, OpenRLHF, slime, `rlhf score`
-and our own policy trainer ask the reward model the same question for the same dialogue.
+(`training.data.split_hh_dialogue`). The policy trainer sends exactly that (`training.policy.prompts`),
+and every adapter in this package converts through this module, so TRL, veRL, OpenRLHF, slime, `rlhf
+score` and our own policy trainer ask the reward model the same question for the same dialogue.
 
-What trainers hold, and how each becomes hh text:
+This module reads and writes nothing on its own: rendered text is read by the service's reader
+(`service.chat_text`, the one the `/get_reward`, `/classify` and `/slime/reward` routes use) and turns
+become hh text by the service's rule (`service.conversation.conversation_to_hh`, the one a `pair`
+bundle reads conversations with). So a text an adapter converts and the same text posted to a route
+become the same pair. What trainers hold, and how each becomes hh text:
 
 * chat messages ``[{"role", "content"}, ...]``: user/assistant turns rendered as Human/Assistant turns
   (system messages dropped: hh has none); content given as a list of parts keeps its text parts;
 * a string that already is an hh dialogue (starts with ``"\\n\\nHuman:"`` or ``"Human:"``): kept (a whole
-  conversation in hh text is cut by the service's own rule, `service.rendered.split_rendered`);
-* a string rendered by a chat template (ChatML as in Qwen and SmolLM2, Llama 3, Gemma): parsed back into
-  turns, then rendered as hh; special tokens left in a completion (``<|im_end|>``, ``</s>``...) are cut;
+  conversation in hh text is cut by the service's rule, `service.rendered.split_rendered`);
+* a string rendered by a chat template (ChatML as in Qwen and SmolLM2, Llama 3, Gemma): read back into
+  turns (`service.chat_text`), then rendered as hh; end-of-turn and padding tokens after a completion
+  (``<|im_end|>``, ``</s>``...) are cut;
 * any other string: one user turn (a prompt) or the answer text (a completion).
 
-Nothing here raises on odd text: a trainer must get a reward (or its own "no reward"), not a crash,
-for a prompt this module does not recognise; it is then scored as plain text.
+Nothing here raises on odd input: a trainer must get a reward (or its own "no reward"), not a crash.
+Where the service's routes refuse a conversation with a 422 (a role such as ``tool``), this module
+drops the turn hh cannot hold and scores the rest.
+
+For a ``chat`` bundle the same inputs become conversations, each exactly the one the service's routes
+read from the same text (so a sample scores the same through an adapter and through a route): chat
+messages keep system (first only), user and assistant turns with their content as written (other
+roles and later system messages dropped, as above); chat-templated text is read back into its turns
+(`service.chat_text`); an hh dialogue becomes the turns a chat bundle reads an hh pair as
+(`service.conversation.pair_to_conversation`); any other text is one user turn. The completion is the
+final assistant message, end-of-turn tokens cut, otherwise as written.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from service.rendered import split_rendered
-from training.data import ASSISTANT_PREFIX
-from training.policy.prompts import messages_to_hh
-from training.policy.scoring import rm_answer
+from service.chat_text import (
+    Reading,
+    parse_templated,
+    read_prompt_and_response,
+    read_rendered,
+    strip_end_tokens,
+)
+from service.conversation import HH_ASSISTANT, ROLES, Message, conversation_to_hh, pair_to_conversation
 
-Message = Mapping[str, Any]
-Turn = tuple[str, str]  # (role, content), role in system / user / assistant
-Text = str | Sequence[Message]  # what trainers pass: a string, or chat messages
+ChatMessage = Mapping[str, Any]
+Text = str | Sequence[ChatMessage]  # what trainers pass: a string, or chat messages
+InputFormat = Literal["pair", "chat"]  # a bundle's manifest `input_format`, as GET /v1/models reports it
+ConversationItem = dict[str, list[dict[str, str]]]  # {"messages": [...]}, as POST /score takes it
+Item = tuple[str, str] | ConversationItem  # what the client sends (`service.client.ScoreItem`)
 
 HUMAN_PREFIX = "\n\nHuman:"
-
-
-@dataclass(frozen=True)
-class ChatTemplate:
-    """How one chat-template family marks turns: a regex with groups (role, content), and its end tokens."""
-
-    name: str
-    start: str  # the marker that identifies the family in a text
-    turn: re.Pattern[str]
-    roles: Mapping[str, str]  # the template's role name -> system / user / assistant
-
-
-_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
-TEMPLATES = (
-    ChatTemplate(
-        "chatml",
-        "<|im_start|>",
-        re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|(?=<\|im_start\|>)|\Z)", re.DOTALL),
-        _ROLES,
-    ),
-    ChatTemplate(
-        "llama3",
-        "<|start_header_id|>",
-        re.compile(
-            r"<\|start_header_id\|>(\w+)<\|end_header_id\|>\n\n(.*?)(?:<\|eot_id\|>|(?=<\|start_header_id\|>)|\Z)",
-            re.DOTALL,
-        ),
-        _ROLES,
-    ),
-    ChatTemplate(
-        "gemma",
-        "<start_of_turn>",
-        re.compile(r"<start_of_turn>(\w+)\n(.*?)(?:<end_of_turn>|(?=<start_of_turn>)|\Z)", re.DOTALL),
-        {"user": "user", "model": "assistant", "system": "system"},
-    ),
-)
-# end-of-turn / end-of-text tokens a completion decoded with its special tokens may still carry
-END_TOKENS = (
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|end_of_text|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "</s>",
-    "<eos>",
-)
+HH_ROLES = ("user", "assistant")  # the turns hh text holds
 
 
 def content_text(content: Any) -> str:
@@ -104,38 +85,35 @@ def content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def message_turns(messages: Sequence[Message], default_role: str = "user") -> list[Turn]:
-    """Chat messages -> (role, content) turns; a message without a role gets ``default_role``."""
-    return [(str(m.get("role", default_role)), content_text(m.get("content"))) for m in messages]
+def hh_turns_of(messages: Sequence[ChatMessage], default_role: str = "user") -> list[Message]:
+    """Chat messages → the turns hh text holds (user, assistant); a message without a role gets
+    ``default_role``, any other role (system, tool, ...) is dropped."""
+    turns = []
+    for message in messages:
+        role = message.get("role", default_role)
+        if role in HH_ROLES:
+            turns.append(Message(str(role), content_text(message.get("content"))))
+    return turns
 
 
-def template_turns(text: str) -> list[Turn] | None:
-    """Turns of a text rendered by a known chat template, or None when no known template marks it.
-
-    An open last turn with nothing in it (the generation prompt, ``<|im_start|>assistant\\n``) is dropped.
-    """
-    for template in TEMPLATES:
-        if template.start not in text:
-            continue
-        turns = [
-            (template.roles.get(role, role), content.strip()) for role, content in template.turn.findall(text)
-        ]
-        if turns and turns[-1][0] == "assistant" and not turns[-1][1]:
-            turns = turns[:-1]
-        return turns
-    return None
+def _hh_pair(history: Sequence[Message], answer: str) -> tuple[str, str]:
+    return conversation_to_hh((*history, Message("assistant", answer)))
 
 
-def strip_end_tokens(text: str) -> str:
-    """Cut trailing end-of-turn tokens (and the whitespace around them) left by a decoder."""
-    text = text.rstrip()
-    while True:
-        for token in END_TOKENS:
-            if text.endswith(token):
-                text = text[: -len(token)].rstrip()
-                break
-        else:
-            return text
+def _split_turns(turns: list[Message]) -> tuple[str, str]:
+    """Turns as hh text cut at the last one: the answer when it is the assistant's, else empty."""
+    if turns and turns[-1].role == "assistant":
+        return _hh_pair(turns[:-1], turns[-1].content)
+    return _hh_pair(turns, "")
+
+
+def _pair_of(reading: Reading) -> tuple[str, str]:
+    """What the reward model is asked for a reading of rendered text: its conversation as hh turns,
+    or its pair as it is."""
+    if reading.messages is None:
+        assert reading.pair is not None, "a reading holds messages or a pair"
+        return reading.pair
+    return _split_turns(hh_turns_of(reading.messages))
 
 
 def _hh(text: str) -> str | None:
@@ -150,58 +128,130 @@ def _hh(text: str) -> str | None:
 def to_question(prompt: Text) -> str:
     """A prompt (string, hh text, templated text, or chat messages) -> the hh question, ending in Assistant:."""
     if not isinstance(prompt, str):
-        return messages_to_hh(message_turns(prompt))
+        return _hh_pair(hh_turns_of(prompt), "")[0]
     hh = _hh(prompt)
     if hh is not None:
-        return hh if hh.rstrip().endswith(ASSISTANT_PREFIX.strip()) else hh.rstrip() + ASSISTANT_PREFIX
-    turns = template_turns(prompt)
-    if turns:
-        return messages_to_hh(turns)
-    return messages_to_hh([("user", prompt.strip())])
+        return hh if hh.rstrip().endswith(HH_ASSISTANT.strip()) else hh.rstrip() + HH_ASSISTANT
+    parsed = parse_templated(prompt)
+    if parsed is not None:
+        turns = hh_turns_of(parsed.messages)
+        if parsed.open and turns and turns[-1].role == "assistant":
+            turns.pop()  # the generation prompt: the turn the answer opens
+        return _hh_pair(turns, "")[0]
+    return _hh_pair([Message("user", prompt)], "")[0]
 
 
 def to_answer(completion: Text) -> str:
     """A completion (string, or assistant messages) -> the answer text with hh's leading space."""
-    if not isinstance(completion, str):
-        text = "".join(
-            content for role, content in message_turns(completion, "assistant") if role == "assistant"
-        )
-        return rm_answer(text)
-    return rm_answer(strip_end_tokens(completion))
+    if isinstance(completion, str):
+        text = strip_end_tokens(completion)
+    else:
+        text = "".join(t.content for t in hh_turns_of(completion, "assistant") if t.role == "assistant")
+    return conversation_to_hh((Message("assistant", text),))[1]
 
 
 def to_pair(prompt: Text, completion: Text) -> tuple[str, str]:
-    """(question, answer) for one prompt and its completion, as the reward model reads them."""
+    """(question, answer) for one prompt and its completion, as the reward model reads them.
+
+    A templated prompt and a text completion are read together, as `/slime/reward` reads them
+    (a generation prompt that already opened the answer, e.g. with a prefilled start, keeps it)."""
+    if isinstance(prompt, str) and isinstance(completion, str) and parse_templated(prompt) is not None:
+        return _pair_of(read_prompt_and_response(prompt, completion))
     return to_question(prompt), to_answer(completion)
 
 
 def split_conversation(conversation: Text) -> tuple[str, str]:
     """A whole conversation ending in the answer (one text, or chat messages) -> (question, answer).
 
-    Chat messages and templated text are cut at their last assistant turn; any other text by the
-    service's own rule for rendered text (`service.rendered.split_rendered`: after the last
-    ``"\\n\\nAssistant:"``, else the whole text answers an empty question), so a text scored here
-    and the same text posted to ``/get_reward`` or ``/classify`` become the same pair.
-    """
+    Text is read as the routes read a text without its prompt (`/classify`): templated text at its
+    last assistant turn, any other by the service's plain-text rule (after the last
+    ``"\\n\\nAssistant:"``, else the whole text answers an empty question)."""
     if isinstance(conversation, str):
-        turns = template_turns(conversation)
-        if turns is None:
-            return split_rendered(conversation)
-    else:
-        turns = message_turns(conversation)
-    if turns and turns[-1][0] == "assistant":
-        return messages_to_hh(turns[:-1]), rm_answer(turns[-1][1])
-    return messages_to_hh(turns), rm_answer("")  # the conversation stops before any answer
+        return _pair_of(read_rendered(conversation))
+    return _split_turns(hh_turns_of(conversation))
 
 
 def split_query(query: str, prompt: str | None) -> tuple[str, str]:
-    """OpenRLHF's ``query`` (prompt + response, one text) and its ``prompt`` -> (question, answer).
+    """OpenRLHF's ``query`` (prompt + response, one text) and its ``prompt`` -> (question, answer), as
+    the service's ``/get_reward`` reads them."""
+    return _pair_of(read_rendered(query, prompt))
 
-    Templated text is parsed as above; otherwise the service's rule for ``/get_reward`` applies as is.
-    """
-    templated = template_turns(prompt or query) is not None
-    if not templated:
-        return split_rendered(query, prompt)
-    if prompt and query.startswith(prompt):
-        return to_pair(prompt, query[len(prompt) :])
-    return split_conversation(query)
+
+# ---- a `chat` bundle: conversations ({"messages": [...]}) --------------------------------------------------
+def chat_turns_of(messages: Sequence[ChatMessage], default_role: str = "user") -> list[Message]:
+    """Chat messages → the turns a conversation item may hold, contents as written: a system message
+    only first, user and assistant turns; a message without a role gets ``default_role``, any other
+    role (tool, ipython, ...) and a later system message are dropped."""
+    turns: list[Message] = []
+    for message in messages:
+        role = str(message.get("role", default_role))
+        if role in ROLES and (role != "system" or not turns):
+            turns.append(Message(role, content_text(message.get("content"))))
+    return turns
+
+
+def _answered(turns: Sequence[Message]) -> ConversationItem:
+    """The item of turns that should end in the answer; without one, the answer is empty (as the pair's)."""
+    if not turns or turns[-1].role != "assistant":
+        turns = [*turns, Message("assistant", "")]
+    return {"messages": [turn.as_dict() for turn in turns]}
+
+
+def _completion_text(completion: Text) -> str:
+    """A completion's text as written, end-of-turn tokens cut (the pair's `to_answer`, unstripped)."""
+    if isinstance(completion, str):
+        return strip_end_tokens(completion)
+    return "".join(t.content for t in chat_turns_of(completion, "assistant") if t.role == "assistant")
+
+
+def _conversation_of(reading: Reading) -> ConversationItem:
+    """The conversation of a reading of rendered text, as the service's routes score it for a chat
+    bundle: its messages, or its (question, answer) pair read as a chat bundle reads a pair."""
+    if reading.messages is not None:
+        return _answered(chat_turns_of(reading.messages))
+    assert reading.pair is not None, "a reading holds messages or a pair"
+    return _answered(pair_to_conversation(*reading.pair))
+
+
+def to_messages(prompt: Text, completion: Text) -> ConversationItem:
+    """The conversation of one prompt and its completion (module docstring, last paragraph)."""
+    answer = _completion_text(completion)
+    if not isinstance(prompt, str):
+        return _answered([*chat_turns_of(prompt), Message("assistant", answer)])
+    if parse_templated(prompt) is not None:
+        return _conversation_of(read_prompt_and_response(prompt, answer))
+    hh = _hh(prompt)
+    if hh is not None:
+        return _answered(pair_to_conversation(to_question(hh), to_answer(completion)))
+    return _answered([Message("user", prompt), Message("assistant", answer)])
+
+
+def split_conversation_messages(conversation: Text) -> ConversationItem:
+    """A whole conversation ending in the answer (one text, or chat messages) as a conversation item;
+    text is read as the routes read a text without its prompt (`split_conversation`)."""
+    if isinstance(conversation, str):
+        return _conversation_of(read_rendered(conversation))
+    return _answered(chat_turns_of(conversation))
+
+
+def split_query_messages(query: str, prompt: str | None) -> ConversationItem:
+    """OpenRLHF's ``query`` and ``prompt`` as the conversation ``/get_reward`` reads from them."""
+    return _conversation_of(read_rendered(query, prompt))
+
+
+# ---- the item for the served bundle's input format ---------------------------------------------------------
+def to_item(prompt: Text, completion: Text, input_format: InputFormat) -> Item:
+    """`to_messages` for a ``chat`` bundle, else `to_pair`."""
+    return to_messages(prompt, completion) if input_format == "chat" else to_pair(prompt, completion)
+
+
+def split_conversation_item(conversation: Text, input_format: InputFormat) -> Item:
+    """`split_conversation_messages` for a ``chat`` bundle, else `split_conversation`."""
+    if input_format == "chat":
+        return split_conversation_messages(conversation)
+    return split_conversation(conversation)
+
+
+def split_query_item(query: str, prompt: str | None, input_format: InputFormat) -> Item:
+    """`split_query_messages` for a ``chat`` bundle, else `split_query`."""
+    return split_query_messages(query, prompt) if input_format == "chat" else split_query(query, prompt)

@@ -12,6 +12,9 @@ A row is one of (first match wins):
 ``{"text" | "dialogue"}``                   one text: an hh dialogue, or chat-templated text
 ==========================================  =================================================
 
+Converted rows are sent in the input the served bundle reads (`integrations.served_format`): hh pairs
+for a `pair` bundle, conversations (system messages and contents as written) for a `chat` bundle.
+
 Out: ``{"row", "score", "normalized", "truncated", "model_version"}`` per row (``"chosen"`` /
 ``"rejected"`` objects and ``"margin"`` for a preference row; the input's ``"id"`` when it has one).
 The output is append-only and written block by block in input order, only up to the first row the
@@ -23,17 +26,19 @@ before the first request, so a malformed line fails the run before it costs any 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import numpy as np
 
-from integrations.convert import split_conversation, to_pair
+from integrations.convert import InputFormat, Item, split_conversation_item, to_item
+from integrations.served_format import BlockingClient, score_as_served
 from service.client import ScoreResult
 
 SHAPES = (
@@ -51,17 +56,18 @@ class ScoringStopped(RuntimeError):
     """The service could not score a row after the client's retries; the rows before it are written."""
 
 
-class Scorer(Protocol):
-    """What score_file needs of its client: `service.client.RewardClient`."""
-
-    def score(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult: ...
+Scorer = BlockingClient  # what score_file needs of its client: `service.client.RewardClient`
 
 
 @dataclass(frozen=True)
 class Row:
     index: int  # 0-based position in the input file (blank lines do not count)
     id: Any
-    items: dict[str, tuple[str, str]]  # SINGLE -> pair, or "chosen"/"rejected" -> pair
+    items: dict[str, Item]  # SINGLE -> item, or "chosen"/"rejected" -> item; pairs for a pair bundle
+    chat_items: dict[str, Item]  # the same for a chat bundle
+
+    def items_for(self, input_format: InputFormat) -> dict[str, Item]:
+        return self.chat_items if input_format == "chat" else self.items
 
 
 @dataclass
@@ -72,20 +78,22 @@ class Summary:
     model_version: str | None
 
 
-def items_of(record: Mapping[str, Any]) -> dict[str, tuple[str, str]] | None:
-    """The pair(s) a row holds, or None when it has none of the accepted shapes."""
+def items_of(record: Mapping[str, Any], input_format: InputFormat = "pair") -> dict[str, Item] | None:
+    """The item(s) a row holds for a bundle of ``input_format`` (pairs for ``pair``), or None when it
+    has none of the accepted shapes. A ``{question, answer}`` row is a pair for either format."""
     if isinstance(record.get("question"), str) and isinstance(record.get("answer"), str):
         return {SINGLE: (record["question"], record["answer"])}
     completion = record.get("completion", record.get("response"))
     if "prompt" in record and completion is not None and "chosen" not in record:
-        return {SINGLE: to_pair(record["prompt"], completion)}
+        return {SINGLE: to_item(record["prompt"], completion, input_format)}
+    sides = ("chosen", "rejected")
     if "chosen" in record and "rejected" in record:
         if "prompt" in record:
-            return {side: to_pair(record["prompt"], record[side]) for side in ("chosen", "rejected")}
-        return {side: split_conversation(record[side]) for side in ("chosen", "rejected")}
+            return {side: to_item(record["prompt"], record[side], input_format) for side in sides}
+        return {side: split_conversation_item(record[side], input_format) for side in sides}
     for key in ("messages", "conversation", "text", "dialogue"):
         if isinstance(record.get(key), str | list) and record[key]:
-            return {SINGLE: split_conversation(record[key])}
+            return {SINGLE: split_conversation_item(record[key], input_format)}
     return None
 
 
@@ -111,7 +119,9 @@ def read_rows(path: Path) -> Iterator[Row]:
             items = items_of(record) if isinstance(record, dict) else None
             if items is None:
                 raise ScoreFileError(f"{path}:{lineno}: expected one of {SHAPES}")
-            yield Row(index, record.get("id"), items)
+            chat_items = items_of(record, "chat")
+            assert chat_items is not None, "a row's shape does not depend on the format"
+            yield Row(index, record.get("id"), items, chat_items)
             index += 1
 
 
@@ -161,6 +171,10 @@ def output_row(row: Row, result: ScoreResult, first: int) -> dict[str, Any]:
     return out
 
 
+def _items(block: Sequence[Row], input_format: InputFormat) -> list[Item]:
+    return [item for row in block for item in row.items_for(input_format).values()]
+
+
 def _check_version(seen: str | None, expected: str | None, allow_change: bool, out: Path) -> None:
     if expected is not None and seen is not None and seen != expected and not allow_change:
         raise ScoringStopped(
@@ -196,7 +210,7 @@ def score_file(
     rows = itertools.islice(read_rows(data), done, None)
     with out.open("a", encoding="utf-8") as handle:
         while block := list(itertools.islice(rows, block_rows)):
-            result = client.score([pair for row in block for pair in row.items.values()])
+            result, _ = score_as_served(client, functools.partial(_items, block))
             _check_version(result.model_version, version, allow_model_change, out)
             version = result.model_version or version
             failed = np.isnan(result.scores)

@@ -14,12 +14,20 @@ overlap theirs; within one call the async client sends ``chunk_size`` completion
 ``max_concurrency`` requests at a time, spread over the URLs.
 
 Prompts and completions are strings or chat messages (TRL's standard and conversational formats);
-both go through `integrations.convert` to the hh text the reward model was trained on. A completion the
+both go through `integrations.convert` to the input the served bundle reads (`integrations.served_format`):
+the hh text a `pair` bundle was trained on, or for a `chat` bundle the conversation with its system
+message and contents as written, rendered by the reward model's own chat template. A completion the
 service could not score after the client's retries comes back as ``None``: TRL (>= 0.20, checked against
 1.16) turns it into NaN, leaves it out of the group mean/std and gives it advantage 0, so a failure is
 masked, never scored as 0. When TRL passes ``log_metric``, the number of such failures and of truncated
 pairs per call are logged under ``<name>/failed`` and ``<name>/truncated``. A request the service
 refuses as malformed (4xx other than 429) raises `service.client.RequestRejected`: a set-up error.
+
+``uncertainty_penalty=lambda`` returns ``score - lambda * uncertainty`` (Coste et al. 2023; in the units
+of the reward returned, raw or ``normalized``) and logs the mean uncertainty under ``<name>/uncertainty``;
+``require_length_disentangled=True`` refuses a served score that is not length-disentangled. Both are
+`integrations.reward_options`, which also says how to serve the length-disentangled score (None: the
+``RLHF_UNCERTAINTY_PENALTY`` / ``RLHF_LENGTH_DISENTANGLED`` environment variables).
 """
 
 from __future__ import annotations
@@ -29,10 +37,14 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import numpy as np
+
 from integrations.clients import PerLoop, service_urls
 from integrations.clients import api_key as key_or_env
-from integrations.convert import Text, to_answer, to_pair, to_question
-from service.client import AsyncRewardClient, RewardClient, ScoreResult
+from integrations.convert import Text, to_answer, to_item, to_question
+from integrations.reward_options import RewardOptions, ServedModel
+from integrations.served_format import Build, score_as_served, score_as_served_async
+from service.client import AsyncRewardClient, RewardClient, ScoreItem, ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +56,9 @@ completion_to_answer = to_answer
 class BlockingScorer(Protocol):
     """What the sync function needs of its client: `service.client.RewardClient`, or a stand-in."""
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult: ...
+    def score(self, pairs: Sequence[ScoreItem], *, raise_on_failure: bool = False) -> ScoreResult: ...
+
+    def models(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
 
@@ -52,19 +66,31 @@ class BlockingScorer(Protocol):
 class _RewardFunction:
     """What both faces share: the pairs of one call, and the rewards of its result."""
 
-    def __init__(self, name: str, normalized: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        normalized: bool,
+        uncertainty_penalty: float | None = None,
+        require_length_disentangled: bool | None = None,
+    ) -> None:
         self.__name__ = name  # TRL logs rewards under this name
         self.normalized = normalized  # (score - mean) / std of the RM's training scores instead of raw
+        self.options = RewardOptions.resolve(normalized, uncertainty_penalty, require_length_disentangled)
         self.model_version: str | None = None
 
     @staticmethod
-    def pairs(prompts: Sequence[Text], completions: Sequence[Text]) -> list[tuple[str, str]]:
+    def items(prompts: Sequence[Text], completions: Sequence[Text]) -> Build:
+        """The items of one call, for the served bundle's input format (`integrations.served_format`)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        return [to_pair(p, c) for p, c in zip(prompts, completions, strict=True)]
+        samples = list(zip(prompts, completions, strict=True))
+        return lambda input_format: [to_item(p, c, input_format) for p, c in samples]
 
     def rewards(
-        self, result: ScoreResult, log_metric: Callable[[str, float], Any] | None
+        self,
+        result: ScoreResult,
+        log_metric: Callable[[str, float], Any] | None,
+        model: ServedModel | None = None,
     ) -> list[float | None]:
         if result.model_changed:
             log.warning("the reward model changed to version %s during training", result.model_version)
@@ -79,7 +105,11 @@ class _RewardFunction:
         if callable(log_metric):
             log_metric(f"{self.__name__}/failed", float(result.failed))
             log_metric(f"{self.__name__}/truncated", float(result.truncated.sum()))
-        values = result.normalized if self.normalized else result.scores
+        values = self.options.rewards(result, model)
+        if callable(log_metric) and self.options.uncertainty_penalty > 0 and result.uncertainty is not None:
+            spread = result.uncertainty[np.isfinite(result.uncertainty)]
+            if spread.size:
+                log_metric(f"{self.__name__}/uncertainty", float(spread.mean()))
         return [float(v) if math.isfinite(v) else None for v in values]
 
 
@@ -92,11 +122,13 @@ class ServiceRewardFunction(_RewardFunction):
         *,
         api_key: str | None = None,
         normalized: bool = False,
+        uncertainty_penalty: float | None = None,
+        require_length_disentangled: bool | None = None,
         name: str = "reward_service",
         client: BlockingScorer | None = None,
         **client_kwargs: Any,
     ) -> None:
-        super().__init__(name, normalized)
+        super().__init__(name, normalized, uncertainty_penalty, require_length_disentangled)
         if client is None:
             client = RewardClient(service_urls(base_urls), api_key=key_or_env(api_key), **client_kwargs)
         self.client = client
@@ -104,8 +136,8 @@ class ServiceRewardFunction(_RewardFunction):
     def __call__(
         self, prompts: Sequence[Text], completions: Sequence[Text], **kwargs: Any
     ) -> list[float | None]:
-        result = self.client.score(self.pairs(prompts, completions))
-        return self.rewards(result, kwargs.get("log_metric"))
+        result, model = score_as_served(self.client, self.items(prompts, completions))
+        return self.rewards(result, kwargs.get("log_metric"), model)
 
     def close(self) -> None:
         self.client.close()
@@ -124,18 +156,20 @@ class AsyncServiceRewardFunction(_RewardFunction):
         *,
         api_key: str | None = None,
         normalized: bool = False,
+        uncertainty_penalty: float | None = None,
+        require_length_disentangled: bool | None = None,
         name: str = "reward_service",
         **client_kwargs: Any,
     ) -> None:
-        super().__init__(name, normalized)
+        super().__init__(name, normalized, uncertainty_penalty, require_length_disentangled)
         urls, key = service_urls(base_urls), key_or_env(api_key)
         self._clients = PerLoop(lambda: AsyncRewardClient(urls, api_key=key, **client_kwargs))
 
     async def __call__(
         self, prompts: Sequence[Text], completions: Sequence[Text], **kwargs: Any
     ) -> list[float | None]:
-        result = await self._clients.get().score(self.pairs(prompts, completions))
-        return self.rewards(result, kwargs.get("log_metric"))
+        result, model = await score_as_served_async(self._clients.get(), self.items(prompts, completions))
+        return self.rewards(result, kwargs.get("log_metric"), model)
 
     async def aclose(self) -> None:
         """Close this loop's client (others close with their loop)."""

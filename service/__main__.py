@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from service.bundle import BundleError
+from service.providers import ProviderUnavailable
 from service.server import preflight, serve
 from service.settings import ServiceSettings
 
@@ -22,7 +23,7 @@ def main() -> int:
         return 2
     try:
         preflight(settings)
-    except BundleError as exc:
+    except (BundleError, ProviderUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     serve(settings)

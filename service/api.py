@@ -1,6 +1,7 @@
 """HTTP routes. They validate, check limits, and await the batcher; they never touch the model.
 
-Here: our own API (`/score`, `/score/groups`, probes, metrics, models, reload); the routes in the
+Here: our own API (`/score` and `/score/groups`, which take pairs and conversations alike:
+docs/api.md; probes, metrics, models, reload); the routes in the
 trainers' own protocols (OpenRLHF, veRL/vLLM, SGLang, slime) are written in service/trainers.py and
 registered on this router, the app's one router. Every scoring response names the model that
 produced it (body `model` and X-Model-* headers), so a trainer notices a reload between two calls.
@@ -17,21 +18,27 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from service import trainers
 from service.auth import require_admin_key, require_api_key
 from service.batcher import Scored
+from service.conversation import Message
 from service.dependencies import StateDep
 from service.errors import NotReady
+from service.items import Item, PairItem
 from service.metrics import CONTENT_TYPE
+from service.model import LoadedModel
 from service.schemas import (
+    ChatMessage,
     ErrorResponse,
+    Group,
     GroupResult,
     GroupsRequest,
     GroupsResponse,
+    Pair,
     ReloadRequest,
     ReloadResponse,
     ScoreRequest,
     ScoreResponse,
 )
 from service.state import PrecisionChoice
-from service.submit import ERRORS, model_headers, model_ref, score_pairs
+from service.submit import ERRORS, conversation_item, model_headers, model_ref, score_items
 
 router = APIRouter()
 
@@ -46,16 +53,42 @@ def uncertainty_lists(
     return part.tolist(), scored.model.normalize_uncertainty(part).tolist()
 
 
+class _Items:
+    """A body's items, where each sits in the body (for a 422), and its strings (for the limits)."""
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.where: list[str] = []
+        self.fields: list[tuple[str, str]] = []
+
+    def pair(self, question: str, answer: str, where: str) -> None:
+        self.items.append(PairItem(question, answer))
+        self.where.append(where)
+
+    def conversation(self, messages: list[Message], where: str) -> None:
+        self.items.append(conversation_item(messages, where))
+        self.where.append(where)
+
+    def messages(self, messages: list[ChatMessage], where: str) -> list[Message]:
+        self.fields += [(f"{where}[{j}].content", m.content) for j, m in enumerate(messages)]
+        return [Message(m.role, m.content) for m in messages]
+
+
 @router.post(
     "/score", response_model=ScoreResponse, responses=ERRORS, dependencies=[Depends(require_api_key)]
 )
 async def score(body: ScoreRequest, request: Request, response: Response, state: StateDep) -> ScoreResponse:
-    """Score (question, answer) pairs; same order as the input."""
-    fields = [
-        (f"pairs[{i}].{k}", getattr(p, k)) for i, p in enumerate(body.pairs) for k in ("question", "answer")
-    ]
-    questions, answers = [p.question for p in body.pairs], [p.answer for p in body.pairs]
-    scored = await score_pairs(request, state, questions, answers, fields)
+    """Score (question, answer) pairs and conversations (`{"messages": [...]}`); same order as the input."""
+    batch = _Items()
+    for i, entry in enumerate(body.pairs):
+        if isinstance(entry, Pair):
+            at = f"pairs[{i}]"
+            batch.fields += [(f"{at}.question", entry.question), (f"{at}.answer", entry.answer)]
+            batch.pair(entry.question, entry.answer, at)
+        else:
+            at = f"pairs[{i}].messages"
+            batch.conversation(batch.messages(entry.messages, at), at)
+    scored = await score_items(request, state, batch.items, batch.where, batch.fields)
     model_headers(response, scored)
     uncertainty, uncertainty_normalized = uncertainty_lists(scored)
     return ScoreResponse(
@@ -83,15 +116,21 @@ def group_baselines(scores: np.ndarray) -> tuple[float, np.ndarray]:
 async def score_groups(
     body: GroupsRequest, request: Request, response: Response, state: StateDep
 ) -> GroupsResponse:
-    """Several answers per question, plus within-group baselines and advantages for RL."""
+    """Several answers per question (or per conversation), plus within-group baselines and advantages."""
     sizes = [len(g.answers) for g in body.groups]
-    fields = [(f"groups[{i}].question", g.question) for i, g in enumerate(body.groups)]
-    fields += [
-        (f"groups[{i}].answers[{j}]", a) for i, g in enumerate(body.groups) for j, a in enumerate(g.answers)
-    ]
-    questions = [g.question for g in body.groups for _ in g.answers]
-    answers = [a for g in body.groups for a in g.answers]
-    scored = await score_pairs(request, state, questions, answers, fields)
+    batch = _Items()
+    for i, group in enumerate(body.groups):
+        answers = [(f"groups[{i}].answers[{j}]", answer) for j, answer in enumerate(group.answers)]
+        if isinstance(group, Group):
+            batch.fields += [(f"groups[{i}].question", group.question), *answers]
+            for at, answer in answers:
+                batch.pair(group.question, answer, at)
+        else:
+            history = batch.messages(group.messages, f"groups[{i}].messages")
+            batch.fields += answers
+            for at, answer in answers:
+                batch.conversation([*history, Message("assistant", answer)], at)
+    scored = await score_items(request, state, batch.items, batch.where, batch.fields)
     model_headers(response, scored)
     normalized = scored.model.normalize(scored.scores)
     results = []
@@ -136,13 +175,25 @@ async def metrics(state: StateDep) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
+def model_summary(model: LoadedModel) -> dict[str, object]:
+    """The manifest summary, with what a caller needs to send the right input: the format the model
+    reads (`pair` or `chat`) and the sha256 of its chat template (null for a pair bundle), so a trainer
+    can check the policy's template is the reward model's own."""
+    manifest = model.bundle.manifest
+    return {
+        **model.summary(),
+        "input_format": manifest.input_format,
+        "chat_template_sha256": manifest.chat_template_sha256,
+    }
+
+
 @router.get("/v1/models", responses=ERRORS, dependencies=[Depends(require_api_key)])
 async def models(state: StateDep) -> dict[str, object]:
     """The loaded bundle's manifest summary (OpenAI-style list with one entry)."""
     model = state.model
     if model is None:
         raise NotReady(f"no model is loaded yet: {state.load_error or 'loading'}")
-    return {"object": "list", "data": [model.summary()]}
+    return {"object": "list", "data": [model_summary(model)]}
 
 
 @router.post(
@@ -155,7 +206,7 @@ async def reload(body: ReloadRequest, state: StateDep) -> JSONResponse:
     """Load another bundle (under RLHF_BUNDLE_ROOT); on any failure the old model keeps serving."""
     precision = cast(PrecisionChoice | None, body.precision)
     new, previous = await state.reload(body.bundle, precision)
-    content = ReloadResponse(model=new.summary(), previous=previous.summary() if previous else None)
+    content = ReloadResponse(model=model_summary(new), previous=model_summary(previous) if previous else None)
     headers = {"X-Model-Name": new.name, "X-Model-Version": new.version}
     return JSONResponse(content.model_dump(mode="json"), headers=headers)
 

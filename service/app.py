@@ -27,7 +27,7 @@ from service.errors import RoutingFailed, ServiceError, ValidationFailed, error_
 from service.limits import BodyLimitMiddleware
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMetricsMiddleware
-from service.model import BackendFactory, onnx_backend
+from service.model import BackendFactory
 from service.settings import ServiceSettings
 from service.state import ServiceState
 from service.submit import CLIENT_CLOSED, ClientGone
@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: ServiceSettings | None = None, backend_factory: BackendFactory = onnx_backend
+    settings: ServiceSettings | None = None, backend_factory: BackendFactory | None = None
 ) -> FastAPI:
     """Build one independent app (own metrics registry, own batcher). `backend_factory` lets tests wrap
-    the onnxruntime backend (e.g. to make it slow); production uses the default."""
+    the onnxruntime backend (e.g. to make it slow); production uses the default (onnxruntime on the
+    providers of `settings.provider`)."""
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics(settings.watch_window, settings.watch_min_items)
     state = ServiceState(settings, metrics, backend_factory)

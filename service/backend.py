@@ -2,8 +2,11 @@
 
 The batcher only sees :class:`Backend`, so tests can wrap the real engine (e.g. to make it slow) and
 another engine could replace onnxruntime without touching batching. :class:`OnnxBackend` is the real
-one: an onnxruntime CPU session with configurable intra-op threads. `session.run` releases the GIL,
-which is why the batcher can run it in a worker thread while the event loop keeps accepting requests.
+one: an onnxruntime session with configurable intra-op threads, on the execution providers chosen at
+start (`rlhf serve --provider`, service/providers.py; CPU unless asked). `session.run` releases the
+GIL, which is why the batcher can run it in a worker thread while the event loop keeps accepting
+requests. :class:`OnnxBackendFactory` is how the service opens every bundle (first load and reloads)
+on those providers; `provider` names the one that really runs the graph.
 
 One run yields every output the graph has (`score`, and `uncertainty` / `length_score` when the graph
 was exported with an ensemble or a length head: service/bundle.py names them), so a spread costs no
@@ -12,6 +15,7 @@ second forward pass. A non-finite value in any output is an :class:`InferenceFai
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +25,9 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from service.errors import InferenceFailed
 from service.onnx_scoring import SCORE_OUTPUT, make_session, run_outputs
+from service.providers import CPU_ONLY, ExecutionProviders
+
+log = logging.getLogger(__name__)
 
 OUTPUT_NAME = SCORE_OUTPUT
 # onnxruntime's own exception classes (pybind11, they derive from Exception only)
@@ -40,6 +47,11 @@ class BackendLoadError(Exception):
     """The graph cannot be loaded or does not have the inputs/outputs the manifest promises."""
 
 
+class ProviderFallback(BackendLoadError):
+    """onnxruntime opened the graph on another provider than the one asked for by name (`--provider
+    cuda` on a node where CUDA cannot start)."""
+
+
 class Backend(Protocol):
     input_names: list[str]
     output_names: list[str]  # `score` first, then the graph's other outputs in graph order
@@ -56,12 +68,28 @@ class OnnxBackend:
     """One onnxruntime InferenceSession for one graph file, opened and run by `service.onnx_scoring`
     (the same session settings the export gate and `rlhf eval` use)."""
 
-    def __init__(self, model_path: Path, input_names: Sequence[str], intra_op_threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        input_names: Sequence[str],
+        intra_op_threads: int = 0,
+        providers: ExecutionProviders = CPU_ONLY,
+    ) -> None:
         try:
             # 0 threads = one per core; no spinning: idle engine threads must not starve the event loop
-            self.session = make_session(model_path, intra_op_threads, spin=False)
+            self.session = make_session(model_path, intra_op_threads, spin=False, providers=providers.names)
         except ORT_ERRORS as exc:
             raise BackendLoadError(f"onnxruntime cannot load {model_path}: {exc}") from exc
+        self.provider = self.session.get_providers()[0]  # the one running the graph
+        if self.provider != providers.names[0]:
+            what = f"onnxruntime opened {model_path} on {self.provider}, not {providers.names[0]}"
+            if providers.strict:
+                raise ProviderFallback(
+                    f"--provider {providers.choice}: {what}. The CUDA provider is installed but could "
+                    "not start (no GPU visible, or its CUDA/cuDNN libraries missing: onnxruntime's own "
+                    "log line above says which); serve with --provider auto or cpu to run on CPU"
+                )
+            log.warning("--provider %s: %s; serving on CPU", providers.choice, what)
         graph_inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if sorted(graph_inputs) != sorted(input_names):
@@ -99,3 +127,14 @@ class OnnxBackend:
     def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """The `score` output alone, float64 [b] (the benchmarks time a plain forward pass with it)."""
         return self.run(batch)[OUTPUT_NAME]
+
+
+class OnnxBackendFactory:
+    """Opens every graph the service loads on the same providers (a `service.model.BackendFactory`),
+    resolved once at start (`service.providers.resolve_providers`)."""
+
+    def __init__(self, providers: ExecutionProviders) -> None:
+        self.providers = providers
+
+    def __call__(self, path: Path, input_names: Sequence[str], threads: int) -> OnnxBackend:
+        return OnnxBackend(path, input_names, threads, self.providers)

@@ -2,7 +2,7 @@
 
 One asyncio task owns the queue. A request is *admitted* (or refused at once with `Overloaded` when the
 pairs admitted and not yet answered would exceed `max_queue_pairs`), tokenised in one batched Rust call
-in a worker thread, and queued. The task then loops:
+per kind of item (pairs, conversations: `service.items`) in a worker thread, and queued. The task then loops:
 
     wait for a first item → gather for at most `batch_wait` or until `max_batch_tokens` real tokens wait
     → drop items whose client went away → group by model (a reload never re-scores in-flight requests
@@ -32,6 +32,7 @@ import numpy as np
 
 from service.encoding import EncodedPair, pad_batch
 from service.errors import Draining, InferenceFailed, Overloaded
+from service.items import Item, PairItem, answer_text, encode_items
 from service.metrics import ServiceMetrics
 from service.model import LoadedModel, Served
 
@@ -122,8 +123,17 @@ class Batcher:
 
     # ---- request side -------------------------------------------------------------------------------
     async def submit(self, model: LoadedModel, questions: Sequence[str], answers: Sequence[str]) -> Scored:
-        """Score pairs with `model`; raises Overloaded at once when the queue is full."""
-        n = len(questions)
+        """Score pairs with `model` (see `submit_items`)."""
+        if len(questions) != len(answers):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        return await self.submit_items(
+            model, [PairItem(q, a) for q, a in zip(questions, answers, strict=True)]
+        )
+
+    async def submit_items(self, model: LoadedModel, items: Sequence[Item]) -> Scored:
+        """Score pairs and conversations with `model`, in order; raises Overloaded at once when the queue
+        is full, `service.items.ItemRefused` (before queueing) when the encoder refuses an item."""
+        n = len(items)
         if self._closed:
             raise Draining("the service is shutting down; retry on another replica")
         if n == 0:
@@ -140,7 +150,7 @@ class Batcher:
         admitted = time.perf_counter()
         pending: _Pending | None = None
         try:
-            encoded = await asyncio.to_thread(model.encoder.encode, list(questions), list(answers))
+            encoded = await asyncio.to_thread(encode_items, model.encoder, list(items))
             pending = _Pending(model, encoded, admitted, asyncio.get_running_loop().create_future())
             self._enqueue(pending)
             await pending.future
@@ -153,6 +163,7 @@ class Batcher:
         scores, uncertainty = pending.scores, pending.uncertainty
         truncated = np.array([e.truncated for e in encoded], dtype=bool)
         self._record(scores, truncated)
+        answers = [answer_text(item) for item in items]
         self.metrics.observe_served(model, answers, scores, truncated, uncertainty=uncertainty)  # the watch
         return Scored(scores, truncated, model, uncertainty, pending.tokens)
 

@@ -6,6 +6,8 @@ A bundle is a directory (see DESIGN.md)::
                       optionally its heads (ensemble, length head) and a length correction
     model.onnx        fp32 graph, dynamic batch and sequence axes
     model.int8.onnx   statically quantised graph; present only when it passed the export gate
+    model.fp16.onnx   fp16 graph for GPU serving (`rlhf export --fp16`); present only when it passed
+                      its gate (manifest gate.fp16 says why not)
     tokenizer.json    the fast tokenizer
     chat_template.jinja   the chat template, for a `chat` bundle only (manifest `input_format`)
 
@@ -50,9 +52,10 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 CHAT_TEMPLATE_NAME: Final = "chat_template.jinja"
-MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
-Precision = Literal["fp32", "int8"]
+Precision = Literal["fp32", "int8", "fp16"]
+PrecisionChoice = Literal["auto", "fp32", "int8", "fp16"]  # what a service setting or request may ask
 # The graph outputs, each [batch] (or [batch, 1]): `score` always, the others only in graphs whose
 # manifest `heads` promise them (DESIGN.md, "Scores carry their own warning signs").
 SCORE_OUTPUT: Final = "score"  # the served quality score (the mean of the quality heads)
@@ -226,16 +229,22 @@ class Bundle:
 
     def model_path(self, precision: Precision) -> Path:
         if precision not in self.manifest.precisions:
-            why = f" ({self.manifest.int8.reason})" if precision == "int8" else ""
+            why = {
+                "int8": f" ({self.manifest.int8.reason})",
+                "fp16": " (exported without --fp16, or its graph failed the gate: manifest gate.fp16)",
+            }.get(precision, "")
             raise BundleError(
                 f"bundle {self.path} has no {precision} graph{why}; "
                 f"available: {', '.join(self.manifest.precisions)}"
             )
         return self.path / MODEL_FILES[precision]
 
-    def default_precision(self) -> Precision:
-        """int8 when it shipped (it passed the accuracy and batch-independence gate), else fp32."""
-        return "int8" if "int8" in self.manifest.precisions else "fp32"
+    def default_precision(self, device: Literal["cpu", "cuda"] = "cpu") -> Precision:
+        """On CPU: int8 when it shipped (it passed the accuracy and batch-independence gate), else fp32.
+        On a GPU: fp16 when it shipped, else fp32 (int8 QDQ kernels are CPU ones, and fp16 is what GPU
+        matrix units are fast at)."""
+        preferred = "fp16" if device == "cuda" else "int8"
+        return preferred if preferred in self.manifest.precisions else "fp32"
 
     def encoder(self) -> Encoder:
         """The bundle's encoder (pair or chat, per the manifest), padding with the manifest's pad id."""

@@ -13,7 +13,10 @@ the model was trained, whichever route it came through.
 * pair → conversation: an hh-rlhf question (``"\\n\\nHuman: ...\\n\\nAssistant:"``) becomes its turns,
   any other question one user message; the answer is the final assistant message.
 * conversation → pair: hh-rlhf text, the format of the embedded data every default `pair` bundle is
-  trained on; a leading system message (hh has no such turn) is kept as text before the first turn.
+  trained on: user and assistant turns as ``Human:`` and ``Assistant:`` turns, contents stripped (as
+  :func:`hh_turns` reads them back). A system message is dropped: hh has no such turn, the default
+  bundle never read one, and a chat template's default system message (SmolLM2's, Qwen's) would
+  otherwise open every question; the policy trainer and `integrations.convert` render turns the same way.
 
 Rules (each broken one raises :class:`InvalidConversation` naming the message): at least one message;
 each a mapping with a ``role`` in :data:`ROLES` and a string ``content``; a ``system`` message only
@@ -97,7 +100,7 @@ def _message(index: int, raw: object) -> Message:
         )
     if role not in ROLES:
         raise InvalidConversation(
-            f"message {index}: unknown role {role!r}; expected one of {', '.join(ROLES)}"
+            f"message {index}: unknown role {role!r:.60}; expected one of {', '.join(ROLES)}"
         )
     if not isinstance(content, str):
         raise InvalidConversation(
@@ -131,8 +134,8 @@ def pair_to_conversation(question: str, answer: str) -> Conversation:
 
 def conversation_to_hh(conversation: Conversation) -> tuple[str, str]:
     """A checked conversation as the hh-rlhf (question, answer) a `pair` model reads: the question
-    ends with ``"\\n\\nAssistant:"`` and the answer starts with a space, as `training.data` splits hh."""
+    ends with ``"\\n\\nAssistant:"`` and the answer starts with a space, as `training.data` splits hh;
+    a system message is dropped (module docstring)."""
     *history, answer = conversation
-    preamble = history[0].content if history and history[0].role == "system" else ""
-    turns = "".join(f"\n\n{_HH_NAME[m.role]}: {m.content}" for m in history if m.role != "system")
-    return preamble + turns + HH_ASSISTANT, " " + answer.content
+    turns = "".join(f"\n\n{_HH_NAME[m.role]}: {m.content.strip()}" for m in history if m.role != "system")
+    return turns + HH_ASSISTANT, " " + answer.content.strip()

@@ -167,6 +167,8 @@ class PairEncoder:
         if a_keep < len(answer.ids):
             answer.truncate(a_keep, direction="right")
         joined = self.tokenizer.post_process(question, answer, add_special_tokens=True)
+        if not joined.ids:  # no text and a tokenizer that adds no special tokens (a decoder's BPE):
+            return EncodedPair([self.pad_token_id], [0], truncated, 0)  # one token to read a score at
         return EncodedPair(list(joined.ids), list(joined.type_ids), truncated, a_keep)
 
 

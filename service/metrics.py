@@ -73,6 +73,12 @@ class ServiceMetrics:
             registry=r,
         )
         self.reloads = Counter("rlhf_reloads", "Bundle reloads by result", ["result"], registry=r)
+        self.provider_info = Gauge(
+            "rlhf_provider_info",
+            "onnxruntime execution provider running the loaded graph (value 1), and the --provider asked",
+            ["provider", "requested"],
+            registry=r,
+        )
         self.watch = ScoreWatch(watch_window, watch_min_items)
         self.watch_items = Gauge(
             "rlhf_watch_window_items",
@@ -114,6 +120,13 @@ class ServiceMetrics:
         self.model_info.labels(name=name, version=version, sha256=sha256, precision=precision).set(1)
         self.watch.serving(_model_key(sha256, precision))
         self._publish_watch()
+
+    def set_provider(self, provider: str | None, requested: str) -> None:
+        """The provider a model that starts serving runs on (`LoadedModel.provider`; "unknown" for an
+        engine that does not say). `requested` auto with provider CPUExecutionProvider on a GPU node
+        means CUDA could not start there."""
+        self.provider_info.clear()
+        self.provider_info.labels(provider=provider or "unknown", requested=requested).set(1)
 
     def observe_served(
         self,

@@ -31,6 +31,7 @@ from service.bundle import (
     BundleError,
     LengthCorrectionInfo,
     Precision,
+    PrecisionChoice,
     load_bundle,
 )
 from service.encoding import Encoder, pad_batch
@@ -88,6 +89,12 @@ class LoadedModel:
     def has_uncertainty(self) -> bool:
         return UNCERTAINTY_OUTPUT in self.backend.output_names
 
+    @property
+    def provider(self) -> str | None:
+        """The onnxruntime execution provider running the graph (`OnnxBackend.provider`); None for an
+        engine that does not say (a test double)."""
+        return getattr(self.backend, "provider", None)
+
     def served(self, outputs: dict[str, np.ndarray], answer_tokens: np.ndarray) -> Served:
         """Graph outputs of one run and each row's `EncodedPair.answer_tokens` → the served values."""
         scores = outputs[SCORE_OUTPUT]
@@ -121,6 +128,7 @@ class LoadedModel:
             "version": m.version,
             "precision": self.precision,
             "precisions": m.precisions,
+            "provider": self.provider,
             "sha256": self.bundle.sha256,
             "path": str(self.bundle.path),
             "base_model": m.base_model,
@@ -137,8 +145,10 @@ class LoadedModel:
         }
 
 
-def choose_precision(bundle: Bundle, requested: Literal["auto", "fp32", "int8"]) -> Precision:
-    return bundle.default_precision() if requested == "auto" else requested
+def choose_precision(
+    bundle: Bundle, requested: PrecisionChoice, device: Literal["cpu", "cuda"] = "cpu"
+) -> Precision:
+    return bundle.default_precision(device) if requested == "auto" else requested
 
 
 def onnx_backend(path: Path, input_names: Sequence[str], threads: int) -> Backend:
@@ -147,15 +157,17 @@ def onnx_backend(path: Path, input_names: Sequence[str], threads: int) -> Backen
 
 def load_model(
     path: Path,
-    precision: Literal["auto", "fp32", "int8"],
+    precision: PrecisionChoice,
     threads: int,
     backend_factory: BackendFactory = onnx_backend,
     apply_length_correction: bool = True,
+    device: Literal["cpu", "cuda"] = "cpu",
 ) -> LoadedModel:
-    """Verify, open and canary-check a bundle (blocking: call it off the event loop)."""
+    """Verify, open and canary-check a bundle (blocking: call it off the event loop). ``device``: where
+    ``backend_factory`` runs the graph, which decides what precision ``auto`` picks."""
     try:
         bundle = load_bundle(path)
-        chosen = choose_precision(bundle, precision)
+        chosen = choose_precision(bundle, precision, device)
         graph = bundle.model_path(chosen)
         encoder = bundle.encoder()
         backend = backend_factory(graph, bundle.manifest.input_names, threads)

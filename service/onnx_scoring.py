@@ -19,20 +19,31 @@ from service.bundle import LENGTH_OUTPUT as LENGTH_OUTPUT
 from service.bundle import SCORE_OUTPUT as SCORE_OUTPUT
 from service.bundle import UNCERTAINTY_OUTPUT as UNCERTAINTY_OUTPUT
 from service.encoding import EncodedPair, pad_batch
+from service.providers import CPU_PROVIDER
 
 
-def make_session(path: str | Path, threads: int = 2, *, spin: bool = True) -> ort.InferenceSession:
-    """CPU session with ``threads`` intra-op threads and one inter-op thread (the graphs are sequential).
+def make_session(
+    path: str | Path,
+    threads: int = 2,
+    *,
+    spin: bool = True,
+    providers: Sequence[str] = (CPU_PROVIDER,),
+) -> ort.InferenceSession:
+    """Session with ``threads`` intra-op threads and one inter-op thread (the graphs are sequential).
 
     ``spin=False`` stops idle intra-op threads from busy-waiting between runs: the service turns it off
-    so the cores go to HTTP and tokenisation between batches (same scores, numerics are unchanged)."""
+    so the cores go to HTTP and tokenisation between batches (same scores, numerics are unchanged).
+    ``providers``: onnxruntime execution providers in preference order; CPU unless asked, so the
+    export gate and `rlhf eval` measure the same thing on every machine (the service passes the
+    providers of `rlhf serve --provider`: service/providers.py). The providers the session really
+    got are ``session.get_providers()``: onnxruntime falls back to CPU when CUDA cannot start."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=list(providers))
 
 
 def run_scores(

@@ -1,4 +1,4 @@
-"""Text a trainer sends already rendered (prompt + response in one string) → the (question, answer) pair.
+"""Rendered text in no recognised chat format (prompt + response in one string) → the (question, answer) pair.
 
     split_rendered("\\n\\nHuman: Hi?\\n\\nAssistant: Hello.", "\\n\\nHuman: Hi?\\n\\nAssistant:")
     # -> ("\\n\\nHuman: Hi?\\n\\nAssistant:", " Hello.")          the prompt is a prefix: cut after it
@@ -6,10 +6,11 @@
     # -> ("\\n\\nHuman: Hi?\\n\\nAssistant:", " Hello.")          no prompt: cut after the last marker
     split_rendered("Just some text.")  # -> ("", "Just some text.")
 
-OpenRLHF's `/get_reward` sends `query` = prompt + response with the prompt beside it; veRL's
-`/classify` (vLLM) and SGLang's `/v1/embeddings` send only the rendered text. Every such route splits
-with :func:`split_rendered`, so the same text becomes the same pair whichever trainer sent it, and the
-pair is then scored exactly as `POST /score` scores it.
+The plain-text rule, and only that: the trainer routes (`/get_reward`, `/classify`, `/v1/embeddings`,
+`/slime/reward`) and the client-side adapters read rendered text with `service.chat_text`, which reads a
+recognised chat template back into its conversation first and hands any other text to
+:func:`split_rendered` (docs/chat-text.md, rule 3). It is its own small function because every request
+written before chat templates were read still scores by it, exactly as it did.
 
 The rule, in order: (1) the text starts with the given prompt → question = the prompt, answer = the
 rest; (2) the text holds hh-rlhf's assistant marker ``"\\n\\nAssistant:"`` → cut after its last

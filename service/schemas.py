@@ -1,12 +1,23 @@
 """Request and response bodies (pydantic): what /docs shows and what FastAPI validates (422).
 
-Size limits that are configurable (pairs per request, characters per field) are checked in `api.py`
-against the settings and answered with 413; the schema only states the shape.
+Size limits that are configurable (items per request, characters per field) are checked in
+`service.submit` against the settings and answered with 413; the schema only states the shape. The
+rules of a conversation (not empty, known roles, the last message the assistant's) are checked by
+`service.conversation.validate_conversation`, the one rule set every route and encoder applies.
+
+An item of `/score` is a pair or a conversation, told apart by its keys (``messages``: a
+conversation), so every request written before conversations existed means what it meant::
+
+    {"pairs": [{"question": "Hi?", "answer": "Hello."},
+               {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}]}
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 
 class Pair(BaseModel):
@@ -19,9 +30,48 @@ class Pair(BaseModel):
     )
 
 
-class ScoreRequest(BaseModel):
+class PairsRequest(BaseModel):
+    """Pairs only: `/score`'s body before conversations, for a server that reads nothing else (the
+    naive baseline of `rlhf bench serve`)."""
+
     model_config = ConfigDict(extra="forbid")
     pairs: list[Pair] = Field(description="pairs to score, answered in the same order")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str = Field(description="system (first message only), user or assistant", examples=["user"])
+    content: str = Field(
+        description="the message's text; content parts (images, tool calls) are not supported"
+    )
+
+
+class ConversationItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    messages: list[ChatMessage] = Field(
+        description="OpenAI-style messages, at least one; the last is the assistant answer being scored"
+    )
+
+
+def _item_kind(value: Any) -> str:
+    """The tag of a `/score` item: a conversation when it has `messages`, else a pair."""
+    if isinstance(value, Mapping):
+        return "conversation" if "messages" in value else "pair"
+    return "conversation" if isinstance(value, ConversationItem) else "pair"
+
+
+ScoreItem = Annotated[
+    Annotated[Pair, Tag("pair")] | Annotated[ConversationItem, Tag("conversation")],
+    Discriminator(_item_kind),
+]
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pairs: list[ScoreItem] = Field(
+        description="items to score, answered in the same order: each a pair {question, answer} or a "
+        "conversation {messages}"
+    )
 
 
 class ModelRef(BaseModel):
@@ -39,7 +89,7 @@ SCORES = "reward-model scores (length-corrected when the bundle has a correction
 class ScoreResponse(BaseModel):
     scores: list[float] = Field(description=SCORES + ", same order as the input")
     normalized: list[float] = Field(description="(score - train mean) / train std, from the manifest")
-    truncated: list[bool] = Field(description="whether the truncation policy cut the pair")
+    truncated: list[bool] = Field(description="whether the truncation policy cut the item")
     uncertainty: list[float] | None = Field(description=UNCERTAINTY)
     uncertainty_normalized: list[float] | None = Field(description=UNCERTAINTY_NORMALIZED)
     model: ModelRef
@@ -51,9 +101,31 @@ class Group(BaseModel):
     answers: list[str] = Field(min_length=1, description="several answers to the same question")
 
 
+class ConversationGroup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    messages: list[ChatMessage] = Field(
+        description="the conversation before the answers (each answer becomes its final assistant message)"
+    )
+    answers: list[str] = Field(min_length=1, description="several answers to the same conversation")
+
+
+def _group_kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "conversation" if "messages" in value else "question"
+    return "conversation" if isinstance(value, ConversationGroup) else "question"
+
+
+GroupItem = Annotated[
+    Annotated[Group, Tag("question")] | Annotated[ConversationGroup, Tag("conversation")],
+    Discriminator(_group_kind),
+]
+
+
 class GroupsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    groups: list[Group]
+    groups: list[GroupItem] = Field(
+        description="each a question {question, answers} or a conversation {messages, answers}"
+    )
 
 
 class GroupResult(BaseModel):
@@ -80,7 +152,7 @@ class ReloadRequest(BaseModel):
         min_length=1, description="bundle directory, relative to RLHF_BUNDLE_ROOT or under it"
     )
     precision: str | None = Field(
-        default=None, pattern="^(auto|fp32|int8)$", description="default: the setting"
+        default=None, pattern="^(auto|fp32|int8|fp16)$", description="default: the setting"
     )
 
 

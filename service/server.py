@@ -17,7 +17,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
-from service.bundle import load_bundle
+from service.backend import BackendLoadError, OnnxBackend, ProviderFallback
+from service.bundle import BundleError, load_bundle
+from service.model import choose_precision
+from service.providers import ProviderUnavailable, resolve_providers
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
@@ -50,14 +53,28 @@ class DrainingServer(uvicorn.Server):
 
 
 def preflight(settings: ServiceSettings) -> None:
-    """Fail fast before serving: raise `service.bundle.BundleError` if the configured bundle is unusable.
+    """Fail fast before serving: raise `service.bundle.BundleError` if the configured bundle is unusable,
+    `service.providers.ProviderUnavailable` if the execution provider asked for cannot run here.
 
-    It verifies the bundle (format version, every sha256) the way the app will, so a process that
-    cannot serve exits with the reason (a crash-looping pod shows it) instead of answering 503 with
-    the reason in a log line. No bundle configured is fine: the app starts unready until a reload.
+    It verifies the bundle (format version, every sha256) the way the app will and checks it has the
+    precision asked for, so a process that cannot serve exits with the reason (a crash-looping pod
+    shows it) instead of answering 503 with the reason in a log line. `--provider cuda` without
+    onnxruntime-gpu is refused before anything else; with it, the graph is opened once here, because
+    only a session tells whether CUDA really starts (onnxruntime falls back to CPU when it does not).
+    No bundle configured is fine: the app starts unready until a reload.
     """
-    if settings.bundle is not None:
-        load_bundle(settings.bundle)
+    providers = resolve_providers(settings.provider)
+    if settings.bundle is None:
+        return
+    bundle = load_bundle(settings.bundle)
+    graph = bundle.model_path(choose_precision(bundle, settings.precision, providers.device))
+    if providers.strict:
+        try:
+            OnnxBackend(graph, bundle.manifest.input_names, 1, providers)
+        except ProviderFallback as exc:
+            raise ProviderUnavailable(str(exc)) from exc
+        except BackendLoadError as exc:
+            raise BundleError(str(exc)) from exc
 
 
 def build_server(settings: ServiceSettings, app: FastAPI | None = None) -> DrainingServer:

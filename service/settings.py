@@ -17,7 +17,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.bundle import PrecisionChoice
 from service.configuration import settings_error
+from service.providers import ProviderChoice
 
 
 class ServiceSettings(BaseSettings):
@@ -30,9 +32,16 @@ class ServiceSettings(BaseSettings):
     bundle: Path | None = Field(
         default=None, description="Bundle directory; none = start unready and load one via /admin/reload."
     )
-    precision: Literal["auto", "fp32", "int8"] = Field(
+    precision: PrecisionChoice = Field(
         default="auto",
-        description="auto | fp32 | int8 (auto = int8 when the bundle ships it: it passed the export gate).",
+        description="auto | fp32 | int8 | fp16 (auto = on CPU int8 when the bundle ships it: it passed the "
+        "export gate; on CUDA fp16 when shipped; else fp32). fp16 runs on CPU too, slower than fp32.",
+    )
+    # auto: the same image and settings serve on a CPU node and on a GPU node (service/providers.py)
+    provider: ProviderChoice = Field(
+        default="auto",
+        description="onnxruntime execution provider: auto | cpu | cuda (auto = CUDA when onnxruntime-gpu "
+        "is installed, else CPU; cuda = refuse to start without it).",
     )
     length_correction: bool = Field(
         default=True,
@@ -98,6 +107,14 @@ class ServiceSettings(BaseSettings):
         default="info", description="critical | error | warning | info | debug."
     )
     retry_after_seconds: int = Field(default=1, ge=1, description="Retry-After sent with a 429.")
+    trainer_uncertainty_penalty: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Default λ of the trainer routes (/get_reward, /classify, /v1/embeddings, /slime/reward) "
+        "when a request has no ?uncertainty_penalty: their reward is score − λ·uncertainty. For trainers "
+        "that build the URL themselves (veRL's reward loop). 0 = the plain score; > 0 needs an ensemble bundle.",
+    )
     watch_window: int = Field(
         default=1000,
         ge=2,

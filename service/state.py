@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Literal
 
+from service.backend import OnnxBackendFactory
 from service.batcher import Batcher
+from service.bundle import PrecisionChoice as PrecisionChoice  # re-exported for the routes
 from service.errors import Draining, NotReady, ReloadFailed
 from service.metrics import ServiceMetrics
-from service.model import BackendFactory, LoadedModel, ModelLoadError, load_model, onnx_backend
+from service.model import BackendFactory, LoadedModel, ModelLoadError, load_model
+from service.providers import resolve_providers
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-PrecisionChoice = Literal["auto", "fp32", "int8"]
 
 
 def resolve_bundle_path(root: Path | None, requested: str) -> Path:
@@ -46,11 +47,13 @@ class ServiceState:
         self,
         settings: ServiceSettings,
         metrics: ServiceMetrics,
-        backend_factory: BackendFactory = onnx_backend,
+        backend_factory: BackendFactory | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.backend_factory = backend_factory
+        # none given: every bundle opens on the providers of `--provider` (ProviderUnavailable if absent)
+        self.providers = resolve_providers(settings.provider)
+        self.backend_factory = backend_factory or OnnxBackendFactory(self.providers)
         self.batcher = Batcher(
             metrics,
             max_queue_pairs=settings.max_queue_pairs,
@@ -131,10 +134,19 @@ class ServiceState:
             settings.intra_op_threads,
             self.backend_factory,
             settings.length_correction,
+            self.providers.device,
         )
         self.model = model  # the atomic swap: one assignment on the event loop
         self.load_error = None
         self.metrics.set_model(model.name, model.version, model.bundle.sha256, model.precision)
+        self.metrics.set_provider(model.provider, settings.provider)
         self.metrics.ready.set(0 if self.draining else 1)
-        log.info("serving %s %s (%s) from %s", model.name, model.version, model.precision, path)
+        log.info(
+            "serving %s %s (%s on %s) from %s",
+            model.name,
+            model.version,
+            model.precision,
+            model.provider,
+            path,
+        )
         return model

@@ -1,8 +1,10 @@
 """What every scoring route shares: the one way to score (await the batcher), and what it answers with.
 
 Each route, whatever protocol it speaks (ours, OpenRLHF, vLLM/veRL, SGLang, slime), validates its
-body, turns it into (question, answer) pairs and awaits :func:`score_pairs`; there is no second path
-to the model. Errors are raised as `service.errors` classes and answered by the app's one handler.
+body, turns it into items (`service.items`: (question, answer) pairs and conversations, the latter
+checked by :func:`conversation_item`) and awaits :func:`score_items`; there is no second path to the
+model. Errors are raised as `service.errors` classes and answered by the app's one handler; a bad
+item is a 422 naming its place in the body (`where`), and refusing it costs no other request anything.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 from fastapi import Request, Response
 
 from service.batcher import Scored
+from service.conversation import Conversation, ConversationError, validate_conversation
+from service.errors import ValidationFailed
+from service.items import Item, ItemRefused
 from service.limits import check_count, check_fields
 from service.schemas import ErrorResponse, ModelRef
 from service.state import ServiceState
@@ -23,8 +28,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in [
         (401, "missing or wrong bearer token"),
-        (413, "too many bytes, pairs, or characters"),
-        (422, "malformed input"),
+        (413, "too many bytes, items, or characters"),
+        (422, "malformed input, or a conversation the model cannot read (the message names the item)"),
         (429, "queue full; see Retry-After"),
         (503, "not ready or draining"),
     ]
@@ -40,20 +45,28 @@ async def _wait_disconnect(request: Request) -> None:
         pass
 
 
-async def score_pairs(
+def conversation_item(messages: object, where: str) -> Conversation:
+    """Raw messages → a checked conversation item; a broken rule is a 422 naming `where` (its JSON path)."""
+    try:
+        return validate_conversation(messages)
+    except ConversationError as exc:
+        raise ValidationFailed(f"{where}: {exc}") from exc
+
+
+async def score_items(
     request: Request,
     state: ServiceState,
-    questions: Sequence[str],
-    answers: Sequence[str],
+    items: Sequence[Item],
+    where: Sequence[str],
     fields: Iterable[tuple[str, str]] = (),
 ) -> Scored:
-    """Check the limits (pairs per request; characters of every string in `fields`, given as (json
+    """Check the limits (items per request; characters of every string in `fields`, given as (json
     path, value)), then submit to the batcher; if the client disconnects first, cancel so the batcher
-    skips the pairs."""
-    check_count(len(questions), state.settings.max_pairs_per_request, "pairs")
+    skips the items. `where[i]` names item i in the body, for the 422 of an item the encoder refuses."""
+    check_count(len(items), state.settings.max_pairs_per_request, "pairs")
     check_fields(fields, state.settings.max_field_chars)
     model = state.current_model()
-    work = asyncio.ensure_future(state.batcher.submit(model, questions, answers))
+    work = asyncio.ensure_future(state.batcher.submit_items(model, items))
     gone = asyncio.ensure_future(_wait_disconnect(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -63,7 +76,12 @@ async def score_pairs(
         work.cancel()
         await asyncio.gather(work, return_exceptions=True)
         raise ClientGone
-    return work.result()
+    try:
+        return work.result()
+    except ItemRefused as exc:
+        raise ValidationFailed(f"{where[exc.index]}: {exc.reason}") from exc
+    except ConversationError as exc:  # the encoder refused the batch but no item alone (see items.py)
+        raise ValidationFailed(f"the model's encoder refused the request: {exc}") from exc
 
 
 def model_headers(response: Response, scored: Scored) -> None:

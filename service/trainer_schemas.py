@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,13 +19,24 @@ from service.batcher import Scored
 from service.schemas import SCORES, ModelRef
 from service.submit import model_ref
 
-
 # ---- OpenRLHF: POST /get_reward ----------------------------------------------------------------------
+OWN_TEMPLATE: Final = "rm_template"  # `read_as` of a text the bundle's own chat template renders back
+READ_AS = (
+    "how each query was read (service/chat_text.py): 'rm_template' (a chat-templated text that the "
+    "reward model's own chat template renders back: scored as it came), 'chatml' | 'llama3' | 'gemma' "
+    "(a chat-templated text, re-rendered in the reward model's input format), 'hh' (an hh-rlhf "
+    "dialogue) or 'text' (plain text: the answer is what follows the prompt)"
+)
+
+
 class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward request (one sample per request from its agent executor, many at once)."""
 
     model_config = ConfigDict(extra="ignore")
-    query: list[str] = Field(description="prompt + response, as OpenRLHF sends it (may be empty)")
+    query: list[str] = Field(
+        description="prompt + response, as OpenRLHF sends it: after the policy's chat template, special "
+        "tokens included, or plain text (may be empty)"
+    )
     prompts: list[str] | None = Field(
         None, description="the prompt of each query; the answer is query[len(prompt):] when it is a prefix"
     )
@@ -35,13 +46,17 @@ class GetRewardRequest(BaseModel):
 
 
 class GetRewardResponse(BaseModel):
-    rewards: list[float] = Field(description=SCORES + ": what OpenRLHF uses as the reward")
+    rewards: list[float] = Field(
+        description=SCORES + ", minus λ·uncertainty with ?uncertainty_penalty=λ: what OpenRLHF uses as "
+        "the reward"
+    )
     scores: list[float] = Field(
         description="the reward in [0, 1]: sigmoid((score - train mean) / train std), the RM's own "
-        "calibration (OpenRLHF reads it for dynamic filtering)"
+        "calibration, never penalised (OpenRLHF reads it for dynamic filtering)"
     )
     normalized: list[float] = Field(description="(score - train mean) / train std, from the manifest")
     truncated: list[bool]
+    read_as: list[str] = Field(description=READ_AS)
     extra_logs: dict[str, list[float]] = Field(
         description="per item, numbers only (OpenRLHF turns each value into a tensor and logs it): "
         "rm_model_version (first 24 bits of the bundle's manifest sha256), rm_truncated (1 = cut), "
@@ -50,7 +65,8 @@ class GetRewardResponse(BaseModel):
     model: ModelRef
 
     @classmethod
-    def of(cls, scored: Scored) -> GetRewardResponse:
+    def of(cls, scored: Scored, read_as: list[str], rewards: np.ndarray) -> GetRewardResponse:
+        """``rewards``: the raw scores, penalised or not (service/trainer_penalty.py)."""
         model, n = scored.model, len(scored.scores)
         logs = {
             "rm_model_version": [float(model.version_id)] * n,
@@ -59,10 +75,11 @@ class GetRewardResponse(BaseModel):
         if scored.uncertainty is not None:
             logs["rm_uncertainty"] = scored.uncertainty.tolist()
         return cls(
-            rewards=scored.scores.tolist(),
+            rewards=rewards.tolist(),
             scores=model.calibrated(scored.scores).tolist(),
             normalized=model.normalize(scored.scores).tolist(),
             truncated=scored.truncated.tolist(),
+            read_as=read_as,
             extra_logs=logs,
             model=model_ref(scored),
         )
@@ -87,7 +104,10 @@ class RenderedTextsRequest(BaseModel):
     model: str | None = Field(
         None, description="accepted and not checked: the loaded bundle answers (its name is in the response)"
     )
-    input: str | list[str] = Field(description="prompt + response, rendered; a list scores each")
+    input: str | list[str] = Field(
+        description="prompt + response, rendered (read as /get_reward reads a query without its prompt); "
+        "a list scores each"
+    )
 
     @property
     def texts(self) -> list[str]:
@@ -124,7 +144,10 @@ CLASS_LABEL = "LABEL_0"  # what vLLM reports for a one-label model with transfor
 class ClassificationData(BaseModel):
     index: int
     label: str | None
-    probs: list[float] = Field(description="one class: [raw score], or [reward in [0, 1]] with activation")
+    probs: list[float] = Field(
+        description="one class: [raw score], or [reward in [0, 1]] with activation (of the penalised "
+        "score with ?uncertainty_penalty=λ)"
+    )
     num_classes: int
 
 
@@ -137,8 +160,9 @@ class ClassifyResponse(BaseModel):
     usage: UsageInfo
 
     @classmethod
-    def of(cls, scored: Scored, activation: bool) -> ClassifyResponse:
-        values = scored.model.calibrated(scored.scores) if activation else scored.scores
+    def of(cls, scored: Scored, activation: bool, rewards: np.ndarray) -> ClassifyResponse:
+        """``rewards``: the raw scores, penalised or not; the [0, 1] reward is their calibration."""
+        values = scored.model.calibrated(rewards) if activation else rewards
         data = [
             ClassificationData(index=i, label=CLASS_LABEL, probs=[float(v)], num_classes=1)
             for i, v in enumerate(values)
@@ -158,7 +182,10 @@ class EmbeddingsRequest(RenderedTextsRequest):
 
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
-    embedding: list[float] = Field(description="[raw score]: how SGLang serves a reward model")
+    embedding: list[float] = Field(
+        description="[raw score] (minus λ·uncertainty with ?uncertainty_penalty=λ): how SGLang serves a "
+        "reward model"
+    )
     index: int
 
 
@@ -169,8 +196,9 @@ class EmbeddingsResponse(BaseModel):
     usage: UsageInfo
 
     @classmethod
-    def of(cls, scored: Scored) -> EmbeddingsResponse:
-        data = [EmbeddingData(embedding=[float(s)], index=i) for i, s in enumerate(scored.scores)]
+    def of(cls, scored: Scored, rewards: np.ndarray) -> EmbeddingsResponse:
+        """``rewards``: the raw scores, penalised or not."""
+        data = [EmbeddingData(embedding=[float(s)], index=i) for i, s in enumerate(rewards)]
         return cls(data=data, model=scored.model.name, usage=_usage(scored))
 
 
@@ -179,7 +207,10 @@ class SlimeRewardRequest(BaseModel):
     """One sample, as slime's `remote_rm` posts it; the answer is one JSON number (its reward)."""
 
     model_config = ConfigDict(extra="ignore")
-    prompt: str = Field(description="the prompt as slime holds it (rendered when --apply-chat-template)")
+    prompt: str = Field(
+        description="the prompt as slime holds it: rendered text when --apply-chat-template (then read "
+        "back into its conversation, as /get_reward reads a query), else the dataset's text"
+    )
     response: str = Field(description="the policy's response")
     label: Any = Field(None, description="accepted and unused")
 

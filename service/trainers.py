@@ -5,24 +5,37 @@
     POST /v1/embeddings   the same for SGLang (reads data[i].embedding[-1])          docs/verl.md
     POST /slime/reward    slime     --rm-type remote_rm --rm-url http://host:8000/slime/reward  docs/slime.md
 
-Each route turns its body into (question, answer) pairs (rendered text is split by
-`service.rendered.split_rendered`), awaits `service.submit.score_pairs`, and answers in the trainer's
-shape; a pair gets exactly the score `POST /score` gives it. Errors are the service's (`ErrorResponse`).
+Each route reads the text it is sent with `service.chat_text` (a recognised chat template → the
+conversation, which the bundle renders its own way; other text → a (question, answer) pair by the
+plain-text rule), so the same text becomes the same item whichever trainer sent it and whichever
+adapter (`integrations.convert`) converted it; then it awaits `service.submit.score_items` and answers
+in the trainer's shape. An item gets exactly the score `POST /score` gives it. Errors are the
+service's (`ErrorResponse`); a templated text whose conversation breaks a rule (an unknown role, no
+answer) is a 422 naming it. docs/chat-text.md says how text is read and why.
+
+Every route takes ``?uncertainty_penalty=λ`` (service/trainer_penalty.py): the reward it returns is then
+``score − λ·uncertainty``, for trainers that use the returned number as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.auth import require_api_key
 from service.batcher import Scored
+from service.chat import ChatEncoder
+from service.chat_text import Reading, is_own_rendering, read_prompt_and_response, read_rendered
+from service.conversation import ConversationError
 from service.dependencies import StateDep
+from service.encoding import Encoder
 from service.errors import ValidationFailed
-from service.rendered import split_rendered
-from service.submit import ERRORS, model_headers, score_pairs
+from service.items import Item, PairItem
+from service.submit import ERRORS, conversation_item, model_headers, score_items
+from service.trainer_penalty import PenaltyDep, penalised_scores, require_uncertainty
 from service.trainer_schemas import (
+    OWN_TEMPLATE,
     ClassifyRequest,
     ClassifyResponse,
     EmbeddingsRequest,
@@ -50,53 +63,90 @@ def register(router: APIRouter) -> None:
     post("/slime/reward", slime_reward, float)
 
 
+def item_of(reading: Reading, where: str) -> Item:
+    """The item a reading of rendered text is scored as; a conversation that breaks a rule is a 422."""
+    if reading.messages is not None:
+        return conversation_item(reading.messages, where)
+    assert reading.pair is not None, "a reading holds messages or a pair"
+    return PairItem(*reading.pair)
+
+
+def read_as(reading: Reading, item: Item, text: str, encoder: Encoder) -> str:
+    """How a text was read: OWN_TEMPLATE when the bundle's own chat template renders the conversation
+    read from it back into the text (the policy's template is the reward model's: scored as it came),
+    else the format it was read in (`Reading.format`)."""
+    if reading.messages is None or not isinstance(encoder, ChatEncoder) or isinstance(item, PairItem):
+        return reading.format
+    try:
+        rendered = encoder.render(item)
+    except ConversationError:  # it rendered when it was encoded; a template that changed its mind
+        return reading.format
+    return OWN_TEMPLATE if is_own_rendering(text, rendered) else reading.format
+
+
+async def _score_readings(
+    request: Request, response: Response, state: StateDep, readings: Sequence[Reading], where: Sequence[str],
+    fields: list[tuple[str, str]], penalty: float,
+) -> tuple[Scored, list[Item]]:  # fmt: skip
+    require_uncertainty(state.current_model(), penalty)
+    items = [item_of(reading, at) for reading, at in zip(readings, where, strict=True)]
+    scored = await score_items(request, state, items, where, fields)
+    model_headers(response, scored)
+    return scored, items
+
+
 async def get_reward(
-    body: GetRewardRequest, request: Request, response: Response, state: StateDep
+    body: GetRewardRequest, request: Request, response: Response, state: StateDep, penalty: PenaltyDep
 ) -> GetRewardResponse:
-    """OpenRLHF's remote reward model: rewards (scores), scores in [0, 1], extra_logs."""
+    """OpenRLHF's remote reward model: rewards (scores, minus λ·uncertainty with ?uncertainty_penalty=λ),
+    scores in [0, 1] (the model's own verdict, never penalised), extra_logs."""
     prompts = body.prompts if body.prompts is not None else [None] * len(body.query)
     if len(prompts) != len(body.query):
         raise ValidationFailed(
             f"{len(body.query)} queries but {len(prompts)} prompts: send one prompt per query"
         )
-    pairs = [split_rendered(q, p) for q, p in zip(body.query, prompts, strict=True)]
+    readings = [read_rendered(q, p) for q, p in zip(body.query, prompts, strict=True)]
     fields = [(f"query[{i}]", q) for i, q in enumerate(body.query)]
     fields += [(f"prompts[{i}]", p) for i, p in enumerate(body.prompts or [])]
-    scored = await score_pairs(request, state, [q for q, _ in pairs], [a for _, a in pairs], fields)
-    model_headers(response, scored)
-    return GetRewardResponse.of(scored)
+    where = [f"query[{i}]" for i in range(len(body.query))]
+    scored, items = await _score_readings(request, response, state, readings, where, fields, penalty)
+    encoder = scored.model.encoder
+    how = [read_as(r, item, q, encoder) for r, item, q in zip(readings, items, body.query, strict=True)]
+    return GetRewardResponse.of(scored, how, penalised_scores(scored, penalty))
 
 
 async def _score_texts(
-    body: RenderedTextsRequest, request: Request, response: Response, state: StateDep
+    body: RenderedTextsRequest, request: Request, response: Response, state: StateDep, penalty: float
 ) -> Scored:
-    """Score each rendered text of a vLLM/SGLang-style body as the (question, answer) it splits into."""
-    pairs = [split_rendered(text) for text in body.texts]
+    """Score each rendered text of a vLLM/SGLang-style body as what it reads as (`read_rendered`)."""
+    readings = [read_rendered(text) for text in body.texts]
     fields = [(f"input[{i}]", text) for i, text in enumerate(body.texts)]
-    scored = await score_pairs(request, state, [q for q, _ in pairs], [a for _, a in pairs], fields)
-    model_headers(response, scored)
+    where = [f"input[{i}]" for i in range(len(body.texts))]
+    scored, _ = await _score_readings(request, response, state, readings, where, fields, penalty)
     return scored
 
 
 async def classify(
-    body: ClassifyRequest, request: Request, response: Response, state: StateDep
+    body: ClassifyRequest, request: Request, response: Response, state: StateDep, penalty: PenaltyDep
 ) -> ClassifyResponse:
     """vLLM-compatible classification: one class per text, probs[-1] is the reward (veRL)."""
-    return ClassifyResponse.of(await _score_texts(body, request, response, state), body.apply_activation)
+    scored = await _score_texts(body, request, response, state, penalty)
+    return ClassifyResponse.of(scored, body.apply_activation, penalised_scores(scored, penalty))
 
 
 async def embeddings(
-    body: EmbeddingsRequest, request: Request, response: Response, state: StateDep
+    body: EmbeddingsRequest, request: Request, response: Response, state: StateDep, penalty: PenaltyDep
 ) -> EmbeddingsResponse:
     """SGLang-compatible reward: embedding[-1] is the raw score (veRL with an SGLang reward model)."""
-    return EmbeddingsResponse.of(await _score_texts(body, request, response, state))
+    scored = await _score_texts(body, request, response, state, penalty)
+    return EmbeddingsResponse.of(scored, penalised_scores(scored, penalty))
 
 
 async def slime_reward(
-    body: SlimeRewardRequest, request: Request, response: Response, state: StateDep
+    body: SlimeRewardRequest, request: Request, response: Response, state: StateDep, penalty: PenaltyDep
 ) -> float:
-    """slime's remote reward model: one sample in, its score out as one JSON number."""
+    """slime's remote reward model: one sample in, its score (minus λ·uncertainty) out as one JSON number."""
     fields = [("prompt", body.prompt), ("response", body.response)]
-    scored = await score_pairs(request, state, [body.prompt], [body.response], fields)
-    model_headers(response, scored)
-    return float(scored.scores[0])
+    reading = read_prompt_and_response(body.prompt, body.response)
+    scored, _ = await _score_readings(request, response, state, [reading], ["prompt"], fields, penalty)
+    return float(penalised_scores(scored, penalty)[0])

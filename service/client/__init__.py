@@ -23,7 +23,7 @@ Layout: `_core` holds everything both faces share (chunking, the one send loop, 
 """
 
 from service.client._async import AsyncRewardClient
-from service.client._core import MOVE_STATUS, RETRY_STATUS, ScoreResult
+from service.client._core import MOVE_STATUS, RETRY_STATUS, ScoreItem, ScoreResult
 from service.client._errors import RequestRejected, RewardClientError, RewardUnavailable
 from service.client._sync import RewardClient
 
@@ -35,5 +35,6 @@ __all__ = [
     "RewardClient",
     "RewardClientError",
     "RewardUnavailable",
+    "ScoreItem",
     "ScoreResult",
 ]

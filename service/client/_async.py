@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from service.client._core import AbortFlag, Chunk, ClientCore, Outcome, Reply, ScoreResult, Sleep
+from service.client._core import AbortFlag, Chunk, ClientCore, Outcome, Reply, ScoreItem, ScoreResult, Sleep
 from service.client._errors import RequestRejected
 
 
@@ -38,8 +38,8 @@ class AsyncRewardClient(ClientCore):
         )
         self._semaphore: asyncio.Semaphore | None = None  # made on first use, inside the running loop
 
-    async def score(self, pairs: Sequence[tuple[str, str]], *, raise_on_failure: bool = False) -> ScoreResult:
-        """Scores of (question, answer) pairs in input order."""
+    async def score(self, pairs: Sequence[ScoreItem], *, raise_on_failure: bool = False) -> ScoreResult:
+        """Scores of (question, answer) pairs, or ``{"messages": [...]}`` items, in input order."""
         result = await self._run("/score", len(pairs), self._score_chunks(pairs))
         return self._raise_if_failed(result, raise_on_failure)
 

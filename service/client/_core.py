@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +23,17 @@ from service.client._errors import RequestRejected, RewardUnavailable, error_of,
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 MOVE_STATUS = frozenset({503})  # a draining/unready replica: try the next URL
+
+
+# what `score` sends: a (question, answer) pair, or an item as POST /score takes it ({"messages": [...]})
+ScoreItem = tuple[str, str] | Mapping[str, Any]
+
+
+def _item(item: ScoreItem) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        return dict(item)
+    question, answer = item
+    return {"question": question, "answer": answer}
 
 
 @dataclass
@@ -175,9 +186,9 @@ class ClientCore:
             for start in range(0, items, self.chunk_size)
         ]
 
-    def _score_chunks(self, pairs: Sequence[tuple[str, str]]) -> list[Chunk]:
+    def _score_chunks(self, pairs: Sequence[ScoreItem]) -> list[Chunk]:
         def payload(a: int, b: int) -> dict[str, Any]:
-            return {"pairs": [{"question": q, "answer": r} for q, r in pairs[a:b]]}
+            return {"pairs": [_item(item) for item in pairs[a:b]]}
 
         return self._chunks(len(pairs), payload)
 

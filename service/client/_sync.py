@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from service.client._core import AbortFlag, Chunk, ClientCore, Outcome, Reply, ScoreResult, Sleep
+from service.client._core import AbortFlag, Chunk, ClientCore, Outcome, Reply, ScoreItem, ScoreResult, Sleep
 from service.client._errors import RequestRejected
 
 
@@ -39,8 +39,8 @@ class RewardClient(ClientCore):
         )
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="reward-client")
 
-    def score(self, pairs: Sequence[tuple[str, str]], *, raise_on_failure: bool = False) -> ScoreResult:
-        """Scores of (question, answer) pairs in input order."""
+    def score(self, pairs: Sequence[ScoreItem], *, raise_on_failure: bool = False) -> ScoreResult:
+        """Scores of (question, answer) pairs, or ``{"messages": [...]}`` items, in input order."""
         return self._raise_if_failed(
             self._run("/score", len(pairs), self._score_chunks(pairs)), raise_on_failure
         )

@@ -46,6 +46,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "rlhf_ready": ("gauge", frozenset()),
     "rlhf_model_info": ("gauge", frozenset({"name", "version", "sha256", "precision"})),
     "rlhf_reloads": ("counter", frozenset({"result"})),
+    "rlhf_provider_info": ("gauge", frozenset({"provider", "requested"})),  # deploy/README.md "GPU"
     # the live watch (service/watch.py), deploy/README.md "Reward watch"
     "rlhf_watch_window_items": ("gauge", frozenset()),
     "rlhf_score_drift_std": ("gauge", frozenset()),

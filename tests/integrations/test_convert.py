@@ -7,12 +7,19 @@ import pytest
 
 from integrations.convert import (
     split_conversation,
+    split_conversation_item,
+    split_conversation_messages,
     split_query,
+    split_query_item,
     strip_end_tokens,
     to_answer,
+    to_item,
+    to_messages,
     to_pair,
     to_question,
 )
+from service.chat_text import read_rendered
+from service.conversation import conversation_to_hh, pair_to_conversation, validate_conversation
 from service.rendered import split_rendered
 from training.data import split_hh_dialogue
 from training.policy.prompts import prompt_from_hh, prompt_from_text
@@ -104,3 +111,104 @@ def test_messages_conversation_and_one_without_an_answer() -> None:
     assert split_conversation(conversation) == (HH_Q, " Use yeast.")
     assert split_conversation(MESSAGES) == (HH_Q, " ")  # nothing answered yet: an empty answer
     assert to_pair(MESSAGES, "Use yeast.") == (HH_Q, " Use yeast.")
+
+
+# ---- one reader for the routes and the adapters ----------------------------------------------------------
+AGREEMENT = [
+    (CHATML + "Use yeast.<|im_end|>", CHATML),
+    (CHATML + "Use yeast.<|im_end|>", None),
+    (LLAMA3 + "Use yeast.<|eot_id|>", LLAMA3),
+    (GEMMA + "Use yeast.<end_of_turn>", None),
+    (CHATML + "Use yeast.", CHATML),  # cut before its end of turn
+    (HH_Q + " Use yeast.", HH_Q),
+    (HH_Q + " Use yeast.", None),
+    ("Q: bread? A: yeast", "Q: bread? A:"),
+    ("just text", None),
+]
+
+
+@pytest.mark.parametrize(("query", "prompt"), AGREEMENT)
+def test_split_query_is_what_the_service_routes_read(query: str, prompt: str | None) -> None:
+    """/get_reward reads `query` with service.chat_text and a pair bundle renders the conversation
+    with service.conversation.conversation_to_hh: the adapter's pair is exactly that pair."""
+    reading = read_rendered(query, prompt)
+    if reading.messages is not None:
+        service_pair = conversation_to_hh(validate_conversation(reading.messages))
+    else:
+        service_pair = reading.pair
+    assert split_query(query, prompt) == service_pair
+    if prompt is not None and reading.format != "text":  # a plain prompt: the adapters make it a user turn
+        assert to_pair(prompt, query[len(prompt) :]) == service_pair  # slime: prompt and response apart
+
+
+def test_roles_hh_cannot_hold_are_dropped_here_and_refused_by_the_routes() -> None:
+    """An adapter must hand its trainer a reward, so it drops a `tool` turn; the service's routes
+    answer the same text with a 422 naming the role (tests/reliability/test_bad_inputs.py)."""
+    text = "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>tool\n{}<|im_end|>\n<|im_start|>assistant\nOk.<|im_end|>"
+    assert split_conversation(text) == ("\n\nHuman: Hi?\n\nAssistant:", " Ok.")
+
+
+# ---- a `chat` bundle: the conversation itself ------------------------------------------------------------
+ANSWERED = [*MESSAGES, {"role": "assistant", "content": "Use yeast."}]
+NO_SYSTEM = ANSWERED[1:]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [(MESSAGES, ANSWERED), (CHATML, ANSWERED), (LLAMA3, ANSWERED), (GEMMA, NO_SYSTEM), (HH_Q, NO_SYSTEM)],
+    ids=["messages", "chatml", "llama3", "gemma", "hh"],
+)
+def test_every_prompt_form_becomes_the_conversation_with_its_system_message(
+    prompt: object, expected: list[dict[str, str]]
+) -> None:
+    """Gemma and hh text have no system turn to keep; the others keep theirs."""
+    for completion in ("Use yeast.<|im_end|>", [{"role": "assistant", "content": "Use yeast."}]):
+        item = to_item(prompt, completion, "chat")  # type: ignore[arg-type]
+        assert item == {"messages": expected}
+        validate_conversation(item["messages"])  # type: ignore[index]
+    assert to_item(prompt, "Use yeast.", "pair") == to_pair(prompt, "Use yeast.")  # type: ignore[arg-type]
+
+
+def test_contents_are_kept_as_written() -> None:
+    """hh text strips every turn; a conversation keeps what the policy was given and wrote."""
+    messages = [{"role": "user", "content": "  Hi?\n"}, {"role": "assistant", "content": " Hello there. "}]
+    assert to_messages(messages[:1], " Hello there. ") == {"messages": messages}
+    assert to_messages("  Hi?\n", " Hello there. <|im_end|>") == {
+        "messages": messages
+    }  # plain text: a user turn
+    assert split_conversation_messages(messages) == {"messages": messages}
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image"}]}]
+    assert to_messages(parts, "Yes")["messages"][0] == {"role": "user", "content": "Hi"}
+
+
+def test_turns_a_conversation_cannot_hold_are_dropped() -> None:
+    """tool turns and a system message after the first turn would be a 422 on the routes; an adapter
+    drops them and scores the rest. A conversation without its answer gets an empty one."""
+    messages = [
+        {"role": "user", "content": "Hi?"},
+        {"role": "system", "content": "Late."},
+        {"role": "tool", "content": "{}"},
+        {"content": "No role: the user's."},
+    ]
+    item = split_conversation_messages(messages)
+    assert item == {"messages": [{"role": "user", "content": "Hi?"}, {"role": "user", "content": "No role: the user's."},
+                                 {"role": "assistant", "content": ""}]}  # fmt: skip
+    validate_conversation(item["messages"])
+
+
+@pytest.mark.parametrize(("query", "prompt"), AGREEMENT)
+def test_the_conversation_is_what_the_service_routes_read(query: str, prompt: str | None) -> None:
+    """For a chat bundle a route scores the messages it reads, or a pair as a chat bundle reads one
+    (service.conversation.pair_to_conversation): the adapter's conversation is exactly that."""
+    reading = read_rendered(query, prompt)
+    if reading.messages is not None:
+        service_turns = validate_conversation(reading.messages)
+    else:
+        assert reading.pair is not None
+        service_turns = pair_to_conversation(*reading.pair)
+    expected = {"messages": [turn.as_dict() for turn in service_turns]}
+    assert split_query_item(query, prompt, "chat") == expected
+    if prompt is None:
+        assert split_conversation_item(query, "chat") == expected  # /classify's reading
+    elif reading.format != "text":
+        assert to_item(prompt, query[len(prompt) :], "chat") == expected  # slime: prompt and response apart

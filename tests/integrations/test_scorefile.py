@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from integrations.scorefile import ScoreFileError, ScoringStopped, items_of, rows_done, score_file
-from service.client import RewardClient, ScoreResult
+from service.client import RewardClient, ScoreItem, ScoreResult
 from tests.integrations.conftest import TOLERANCE, scores_of
 from tests.service.conftest import LiveServer
 
@@ -85,13 +85,16 @@ class FailsFrom:
     def __init__(self, inner: RewardClient, start: int) -> None:
         self.inner, self.start, self.calls = inner, start, 0
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult:
-        result = self.inner.score(pairs)
+    def score(self, pairs: Sequence[ScoreItem], *, raise_on_failure: bool = False) -> ScoreResult:
+        result = self.inner.score(pairs, raise_on_failure=raise_on_failure)
         self.calls += 1
         if self.calls == 1:
             result.scores[self.start :] = np.nan
             result.errors.append("gave up after 5 attempts")
         return result
+
+    def models(self) -> dict[str, Any]:
+        return self.inner.models()
 
 
 def test_a_stop_writes_the_rows_before_it_and_resume_completes_the_same_file(

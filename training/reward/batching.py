@@ -10,9 +10,10 @@ before cutting batches (and shuffling the batches, not the pairs) wastes far les
 train` counts both; README, "Reward model training"). A pair's chosen and rejected sequences go
 into the same forward pass (rows [0, B) and [B, 2B)), which is what the pairwise loss compares.
 
-Encoding goes only through :class:`service.encoding.PairEncoder` (:func:`encode_pairs`, also used by
-the export gate, `rlhf eval` and the benchmarks), so training sees exactly the ids the service will
-compute for the same text. torch-free (numpy).
+Encoding goes only through the service's encoders (:func:`encode_pairs`, also used by the export
+gate, `rlhf eval` and the benchmarks): `service.encoding.PairEncoder` or, for the chat format,
+`service.chat.ChatEncoder`, built by `training.reward.encoders`; so training sees exactly the ids the
+service will compute for the same text. torch-free (numpy).
 """
 
 from __future__ import annotations

@@ -16,12 +16,14 @@ come from `service.configuration`, shared by every config. torch-free.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.configuration import Check, ConfigError, DataclassConfig
 
-__all__ = ["CONFIG_NAME", "ConfigError", "RewardConfig"]
+__all__ = ["CONFIG_NAME", "INPUT_FORMATS", "ConfigError", "RewardConfig"]
 
 CONFIG_NAME = "reward_config.json"
+INPUT_FORMATS = ("auto", "pair", "chat")  # auto = chat when the base's tokenizer has a chat template
 
 
 def _default_base_model() -> str:
@@ -40,7 +42,8 @@ class RewardConfig(DataclassConfig):
     base_model: str = field(
         default_factory=_default_base_model,
         metadata={
-            "help": "Base model: local Hugging Face model dir or hub name (default: the embedded MiniLM)."
+            "help": "Base model: local Hugging Face model dir, hub name, or a named embedded model "
+            "(smollm2 = SmolLM2-135M-Instruct, the policy's; default: the embedded MiniLM)."
         },
     )
     # None = the embedded hh-rlhf harmless pairs
@@ -57,6 +60,15 @@ class RewardConfig(DataclassConfig):
     # keeps most hh-rlhf pairs whole; longer costs quadratic attention time on a CPU
     max_length: int = field(
         default=256, metadata={"help": "Max tokens of question + answer (specials incl.)."}
+    )
+    # a decoder base with a chat template reads conversations as its instruct tuning did; a base
+    # without one (MiniLM, GPT-2) reads the pair through its tokenizer's pair template
+    input_format: str = field(
+        default="auto",
+        metadata={
+            "help": "How pairs become ids: pair (tokenizer's pair template) | chat (the base's chat "
+            "template) | auto (chat when the base has a chat template). A run saves the resolved one."
+        },
     )
     # when a pair is too long the question is cut from the left down to this, then the answer
     min_question_tokens: int = field(
@@ -94,6 +106,20 @@ class RewardConfig(DataclassConfig):
     disable_dropout: bool = field(
         default=True, metadata={"help": "Set every dropout probability of the model to 0 while training."}
     )
+
+    # -- LoRA (peft) on the base; the heads always train in full -------------------------------------
+    # 0 = full fine-tuning (MiniLM is small enough); a decoder base costs ~10x MiniLM per step, and
+    # LoRA trains a small fraction of its weights (README "Reward model from a decoder base")
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA rank on every linear layer of the base (0 = full fine-tune); the final model "
+            "is saved merged."
+        },
+    )
+    # peft's usual scale alpha / r = 2 for the default rank of the policy's adapter
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
 
     # -- loss ----------------------------------------------------------------------------------------
     # loss = -logsigmoid(r_c - r_r - margin); 0 is the plain Bradley-Terry loss
@@ -190,8 +216,21 @@ class RewardConfig(DataclassConfig):
             ("score_stats_pairs", self.score_stats_pairs >= 0, "must be >= 0"),
             ("max_length", self.max_length >= 8, "must be >= 8"),
             (
+                "input_format",
+                self.input_format in INPUT_FORMATS,
+                f"must be one of {', '.join(INPUT_FORMATS)}",
+            ),
+            ("lora_r", self.lora_r >= 0, "must be >= 0 (0 = full fine-tune)"),
+            ("lora_alpha", self.lora_alpha > 0, "must be > 0"),
+            ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "must be in [0, 1)"),
+            (
                 "min_question_tokens",
                 0 <= self.min_question_tokens < self.max_length // 2,
                 "must be in [0, max_length / 2)",
             ),
         ]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RewardConfig:
+        """A config saved before ``input_format`` existed trained pairs whatever its base: ``pair``."""
+        return super().from_dict({"input_format": "pair", **values})

@@ -4,7 +4,8 @@
     print(report.format_text())           # or json.dumps(report.to_dict())
 
 torch-free on purpose (numpy, tokenizers, onnxruntime): a bundle is judged by the graph that will be
-served, encoded by the service's own encoder, so the number `rlhf eval` prints is the number users get.
+served, encoded by the service's own encoder (``Bundle.encoder()``: pair, or chat with the bundle's
+template), so the number `rlhf eval` prints is the number users get.
 
 Metrics: pairwise accuracy (a tie counts as wrong: a reward that cannot tell two answers apart gave
 no preference), mean margin r_chosen - r_rejected, truncation rate (pairs where either side was
@@ -61,6 +62,7 @@ class EvalReport:
     chosen_shorter: SubsetAccuracy
     seconds: float
     skipped_reasons: dict[str, int] = field(default_factory=dict)
+    input_format: str = "pair"  # how the bundle's encoder read the pairs (pair, or chat: its template)
     length_pearson: float | None = None  # Pearson(score, answer tokens) over both answers of every pair
     # Pearson(r_chosen - r_rejected, tokens_chosen - tokens_rejected): the length preference between two
     # answers to one question, the one a policy compared against its own samples can exploit
@@ -85,7 +87,7 @@ class EvalReport:
 
         skipped = f" (skipped {self.skipped}: {self.skipped_reasons})" if self.skipped else ""
         lines = [
-            f"bundle    {self.bundle} [{self.precision}]",
+            f"bundle    {self.bundle} [{self.precision}, {self.input_format} format]",
             f"data      {self.data}: {self.pairs} pairs{skipped}",
             f"accuracy  {pct(self.accuracy)}  (ties count as wrong)",
             f"margin    {self.mean_margin:+.4f}  (mean r_chosen - r_rejected)",
@@ -208,6 +210,7 @@ def evaluate_bundle(
     )
     return EvalReport(
         bundle=str(bundle.path),
+        input_format=bundle.manifest.input_format,
         data=report.source,
         precision=chosen_precision,
         skipped=report.skipped,

@@ -6,6 +6,7 @@
     manifest["length_correction"] = fit.to_dict()
 
     fit = fit_bundle_length_correction("bundles/imported", pairs)  # for any bundle, torch-free
+    scored = score_bundle_pairs(load_bundle("bundles/imported"), pairs)  # raw scores + lengths [2n]
 
 Why: a reward model trained on limited preference data learns "shorter (or longer) is better" far
 beyond what the data holds, and a policy finds that direction first. Subtracting the linear trend of
@@ -17,7 +18,8 @@ imported ones included; the length-disentangled head (losses.py) is the trained 
 Unit ``answer_tokens``: the tokens of the answer as the model saw it (after truncation, without the
 template's special tokens), as `service.encoding.EncodedPair.answer_tokens` counts them: training,
 export, evaluation and the service read one number. The manifest entry is the service's
-``LengthCorrectionInfo``. torch-free (numpy, tokenizers, onnxruntime).
+``LengthCorrectionInfo``. `rlhf correct-length` (correct_length.py) fits and writes it for an existing
+bundle. torch-free (numpy, tokenizers, onnxruntime).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import Precision
+from service.bundle import Bundle, Precision, load_bundle
 from service.encoding import EncodedPair
+from service.onnx_scoring import make_session, score_encoded
 
 UNIT = "answer_tokens"
 
@@ -86,6 +89,9 @@ def fit_length_correction(scores: np.ndarray, lengths: np.ndarray) -> LengthCorr
     y = np.asarray(scores, dtype=np.float64)
     x = np.asarray(lengths, dtype=np.float64)
     assert x.shape == y.shape and x.ndim == 1, f"expected two [n] arrays, got {x.shape} and {y.shape}"
+    bad = int((~np.isfinite(y)).sum())
+    if bad:  # one NaN would make the slope NaN, and the service would subtract it from every score
+        raise ValueError(f"{bad} of {y.size} scores are not finite: no length trend can be fitted to them")
     x_mean, y_mean = float(x.mean()) if x.size else 0.0, float(y.mean()) if y.size else 0.0
     sxx = float(((x - x_mean) ** 2).sum())
     if x.size < 2 or sxx == 0.0:
@@ -102,6 +108,38 @@ def answer_token_counts(encoded: Sequence[EncodedPair]) -> np.ndarray:
     return np.array([pair.answer_tokens for pair in encoded], dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class PairScores:
+    """Both answers of n pairs scored by a bundle's graph, chosen answers first: [2n] each."""
+
+    scores: np.ndarray  # float64 [2n]: the graph's "score" output, no length correction applied
+    tokens: np.ndarray  # int64 [2n]: answer tokens (the correction's unit)
+    truncated: np.ndarray  # bool [2n]: whether the encoder cut the item
+
+    @property
+    def pairs(self) -> int:
+        return len(self.scores) // 2
+
+
+def score_bundle_pairs(
+    bundle: Bundle,
+    pairs: Sequence[Any],
+    precision: Precision = "fp32",
+    batch_size: int = 32,
+    threads: int = 2,
+) -> PairScores:
+    """Score both answers of ``pairs`` (`PreferencePair`s) with the bundle's own encoder (pair or chat)
+    and an onnxruntime session on its ``precision`` graph: what the service computes before it applies
+    a length correction."""
+    encoder = bundle.encoder()
+    questions = [p.question for p in pairs] * 2
+    encoded = encoder.encode(questions, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    session = make_session(bundle.model_path(precision), threads)
+    scores = score_encoded(session, bundle.manifest.input_names, encoded, encoder.pad_token_id, batch_size)
+    truncated = np.array([e.truncated for e in encoded], dtype=bool)
+    return PairScores(scores, answer_token_counts(encoded), truncated)
+
+
 def fit_bundle_length_correction(
     bundle_dir: str | Path,
     pairs: Sequence[Any],
@@ -113,13 +151,5 @@ def fit_bundle_length_correction(
 
     ``pairs`` are `PreferencePair`s (question, chosen, rejected): calibration data, not evaluation data.
     """
-    from service.bundle import load_bundle  # the service stack only when a bundle is fitted
-    from service.onnx_scoring import make_session, score_encoded
-
-    bundle = load_bundle(bundle_dir)
-    encoder = bundle.encoder()
-    questions = [p.question for p in pairs] * 2
-    encoded = encoder.encode(questions, [p.chosen for p in pairs] + [p.rejected for p in pairs])
-    session = make_session(bundle.model_path(precision), threads)
-    scores = score_encoded(session, bundle.manifest.input_names, encoded, encoder.pad_token_id, batch_size)
-    return fit_length_correction(scores, answer_token_counts(encoded))
+    scored = score_bundle_pairs(load_bundle(bundle_dir), pairs, precision, batch_size, threads)
+    return fit_length_correction(scored.scores, scored.tokens)

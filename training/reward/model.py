@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from service.encoding import PairEncoder, pad_batch
+from service.encoding import Encoder, pad_batch
 from training.reward.heads import CONFIG_KEY, HeadLayout
+from training.reward.pooling import reward_logits
 
 
 def default_base_model() -> str:
@@ -110,7 +111,7 @@ def accepted_input_names(model: PreTrainedModel) -> list[str]:
 @torch.no_grad()
 def score_pairs(
     model: PreTrainedModel,
-    encoder: PairEncoder,
+    encoder: Encoder,
     questions: Sequence[str],
     answers: Sequence[str],
     batch_size: int = 32,
@@ -127,7 +128,7 @@ def score_pairs(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = pad_batch([encoded[i] for i in idx], encoder.pad_token_id)
-        logits = model(**model_inputs(batch, names, device)).logits  # [b, K]
+        logits = reward_logits(model, **model_inputs(batch, names, device))  # [b, K]
         scores[idx] = head_outputs(logits, layout)["score"].double().cpu().numpy()
     model.train(was_training)
     return scores

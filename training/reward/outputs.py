@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.encoding import PairEncoder
+from service.encoding import Encoder
 from training.reward.config import CONFIG_NAME, RewardConfig
 from training.reward.data import PreferencePair
 from training.reward.losses import pairwise_loss
@@ -24,7 +24,7 @@ PLOT_KEYS = ("loss", "accuracy", "margin", "lr", "tokens_per_s", "val_accuracy",
 
 
 def validate(
-    model: Any, encoder: PairEncoder, pairs: list[PreferencePair], config: RewardConfig, device: torch.device
+    model: Any, encoder: Encoder, pairs: list[PreferencePair], config: RewardConfig, device: torch.device
 ) -> dict[str, float]:
     """Pairwise accuracy (ties wrong), mean margin and loss of the current model on ``pairs``."""
     if not pairs:
@@ -37,7 +37,7 @@ def validate(
 
 
 def score_stats(
-    model: Any, encoder: PairEncoder, pairs: list[PreferencePair], config: RewardConfig, device: torch.device
+    model: Any, encoder: Encoder, pairs: list[PreferencePair], config: RewardConfig, device: torch.device
 ) -> dict[str, float]:
     """Mean/std of the trained model's scores over the train split (both answers): the service's normaliser.
 
@@ -56,7 +56,7 @@ def write_final(
     final_dir: Path,
     model: Any,
     config: RewardConfig,
-    tokenizer_json: Path,
+    tokenizer_files: list[Path],
     stats: dict[str, float],
     summary: dict[str, Any],
 ) -> None:
@@ -64,7 +64,8 @@ def write_final(
     tmp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+    for path in tokenizer_files:  # tokenizer.json and the chat template files (training.reward.encoders)
+        shutil.copyfile(path, tmp / path.name)
     config.save(tmp / CONFIG_NAME)
     (tmp / "score_stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

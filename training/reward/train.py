@@ -3,6 +3,7 @@
     rlhf train-rm --out runs/rm                           # embedded hh-rlhf pairs, MiniLM-L6
     rlhf train-rm --out runs/rm --length-head --quality-heads 5  # ODIN length head + 5-head ensemble
     rlhf train-rm --out runs/rm --resume                  # continue after a crash or kill
+    rlhf train-rm --out runs/rm-smol --base-model smollm2 --lora-r 16  # the policy's family, chat, LoRA
     torchrun --nproc_per_node 4 -m cli.main train-rm --out runs/rm --device cuda  # several GPUs
     accelerate launch --multi_gpu --num_processes 4 -m cli.main train-rm --out runs/rm  # the same
 
@@ -16,8 +17,17 @@ Output (read by `rlhf export` and `rlhf eval`)::
 
     OUT/metrics.jsonl, OUT/curves.png      per-step and validation metrics, their curves
     OUT/checkpoint/                        the latest checkpoint (see checkpoint.py)
-    OUT/final/                             model (safetensors), tokenizer.json, reward_config.json,
+    OUT/tokenizer/                         the tokenizer files the run encodes with (encoders.py)
+    OUT/final/                             model (safetensors; a LoRA run's merged), reward_config.json
+                                           (with the input format it resolved), OUT/tokenizer's
+                                           files (tokenizer.json; tokenizer_config.json and
+                                           chat_template.jinja when the base has them),
                                            score_stats.json {mean, std, pairs}, metrics.json
+
+Input format (`training.reward.encoders`): ``pair`` reads question and answer through the tokenizer's
+pair template (a decoder's, which adds nothing, gets an end-of-text token after the answer); ``chat``
+renders them as a conversation with the base's chat template (the default for a base that has one).
+Both encode with the service's own encoder classes.
 
 Reproducibility: the split, the batch order of every epoch and the dropout masks of every step are
 pure functions of (seed, epoch, step, rank), and the LR is a pure function of the step, so a resumed
@@ -41,23 +51,34 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from service.encoding import EncodedPair, PairEncoder, TruncationPolicy
+from service.encoding import EncodedPair, Encoder
+from training.reward.bases import resolve_base_model
 from training.reward.batching import collate, encode_pairs, length_grouped_batches, pair_lengths
 from training.reward.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.reward.config import RewardConfig
 from training.reward.data import LoadReport, PreferencePair, load_pairs, split_pairs
 from training.reward.distributed import DistEnv, setup_distributed
+from training.reward.encoders import (
+    model_encoder,
+    prepare_run_tokenizer,
+    resolve_input_format,
+    tokenizer_dir,
+    tokenizer_files,
+)
 from training.reward.heads import HeadLayout, bootstrap_weights
+from training.reward.lora import add_reward_lora, merged, resume_reward_lora
 from training.reward.losses import multi_head_loss
 from training.reward.model import (
     accepted_input_names,
     head_weight,
     load_reward_model,
     model_inputs,
-    tokenizer_json_path,
 )
 from training.reward.outputs import plot_run, score_stats, validate, write_final
+from training.reward.pooling import reward_logits
 from training.runlog import JsonlLogger
+
+RUN_TOKENIZER_DIR = "tokenizer"  # OUT/tokenizer: the tokenizer files the run encodes with and ships
 
 
 @dataclass
@@ -103,8 +124,9 @@ class EncodedData:
     report: LoadReport  # where the pairs came from, and what was skipped
     train_pairs: list[PreferencePair]
     val_pairs: list[PreferencePair]
-    tokenizer_json: Path  # copied into every checkpoint and OUT/final
-    encoder: PairEncoder
+    base_dir: str  # the base model to load: config.base_model, a named base resolved to its directory
+    tokenizer_files: list[Path]  # OUT/tokenizer's tokenizer.json (+ config, chat template): into OUT/final
+    encoder: Encoder  # pair or chat (config.input_format), as the bundle will encode
     chosen: list[EncodedPair]  # index-aligned with train_pairs
     rejected: list[EncodedPair]
     lengths: list[int]  # padded width each training pair needs (batching.pair_lengths)
@@ -134,14 +156,14 @@ def train(
     out = Path(out_dir)
     env = setup_distributed(config.device)
     ckpt = load_checkpoint(out) if resume else None
-    config = _run_config(config, ckpt)
+    config, base_dir, tokenizers = _prepare(config, ckpt, out, env)
 
     # -- data: load, split, encode once (with the serving encoder) --------------------------------
-    data = _encode_data(config, env.world)
+    data = _encode_data(config, env.world, base_dir, tokenizers)
     total_steps = config.max_steps or max(1, int(config.epochs * data.per_epoch) // config.grad_accum)
 
     # -- model and optimizer ----------------------------------------------------------------------
-    raw_model, model, optimizer = _model_and_optimizer(config, env, ckpt)
+    raw_model, model, optimizer = _model_and_optimizer(config, env, ckpt, data)
     input_names = accepted_input_names(raw_model)
     start_step = ckpt.step if ckpt else 0
     logger = None
@@ -172,7 +194,7 @@ def train(
             plot_run(out)
         if env.is_main and _due(config.checkpoint_every, done, total_steps):
             save_checkpoint(
-                out, raw_model, optimizer, config, data.tokenizer_json, done, done * config.grad_accum
+                out, raw_model, optimizer, config, data.tokenizer_files[0], done, done * config.grad_accum
             )
         if on_step is not None:
             on_step(done)
@@ -190,24 +212,40 @@ def train(
     return TrainResult(out, final_dir, total_steps, val_metrics, time.time() - t_start, loop_time, loop_cpu)
 
 
-def _run_config(config: RewardConfig, ckpt: Checkpoint | None) -> RewardConfig:
-    """A resumed run keeps its saved config (but for this machine's device and workers); a new run
-    records its data path absolute, so `rlhf export` can re-create the split from anywhere."""
+def _prepare(
+    config: RewardConfig, ckpt: Checkpoint | None, out: Path, env: DistEnv
+) -> tuple[RewardConfig, str, Path]:
+    """(the run's config, its base model's directory or hub name, its tokenizer directory).
+
+    A resumed run keeps its saved config (but for this machine's device and workers). A new run
+    records its data path absolute, so `rlhf export` can re-create the split from anywhere, and the
+    input format it resolved (``auto`` → ``chat`` when the base has a chat template, else ``pair``),
+    so OUT/final says how to encode for it whatever the defaults become. The tokenizer directory is
+    OUT/tokenizer (`encoders.prepare_run_tokenizer`). Rank 0 materialises a named base (smollm2) and
+    writes OUT/tokenizer while the other ranks wait: no two processes write one directory at once."""
     if ckpt is not None:
-        return replace(ckpt.config, device=config.device, num_workers=config.num_workers)
-    if config.data is not None:
-        return replace(config, data=str(Path(config.data).resolve()))
-    return config
+        config = replace(ckpt.config, device=config.device, num_workers=config.num_workers)
+    if env.world > 1 and not env.is_main:
+        dist.barrier()
+    base_dir = resolve_base_model(config.base_model)
+    base_tokenizer = tokenizer_dir(base_dir)
+    if ckpt is None:
+        data = str(Path(config.data).resolve()) if config.data is not None else None
+        input_format = resolve_input_format(base_tokenizer, config.input_format)
+        config = replace(config, data=data, input_format=input_format)
+    tokenizers = out / RUN_TOKENIZER_DIR
+    if env.is_main:
+        prepare_run_tokenizer(base_tokenizer, config.input_format, tokenizers)
+        if env.world > 1:
+            dist.barrier()
+    return config, base_dir, tokenizers
 
 
-def _encode_data(config: RewardConfig, world: int) -> EncodedData:
+def _encode_data(config: RewardConfig, world: int, base_dir: str, tokenizers: Path) -> EncodedData:
     """Load and split the pairs, encode the training split once, count the batches per process."""
     report = load_pairs(config.data)
     train_pairs, val_pairs = split_pairs(report.pairs, config.val_fraction, config.seed)
-    tokenizer_json = tokenizer_json_path(config.base_model)
-    encoder = PairEncoder.from_file(
-        tokenizer_json, TruncationPolicy(config.max_length, config.min_question_tokens)
-    )
+    encoder = model_encoder(tokenizers, config.input_format, config.max_length, config.min_question_tokens)
     chosen, rejected = encode_pairs(encoder, train_pairs)
     lengths = pair_lengths(chosen, rejected)
     n_batches = len(
@@ -216,22 +254,41 @@ def _encode_data(config: RewardConfig, world: int) -> EncodedData:
     per_epoch = n_batches // world  # batches per process per epoch
     assert per_epoch >= 1, f"{len(train_pairs)} training pairs make no batch for each of {world} processes"
     weights = bootstrap_weights(len(train_pairs), config.quality_heads, config.seed)
+    files = tokenizer_files(tokenizers)
     return EncodedData(
-        report, train_pairs, val_pairs, tokenizer_json, encoder, chosen, rejected, lengths, per_epoch, weights
+        report,
+        train_pairs,
+        val_pairs,
+        base_dir,
+        files,
+        encoder,
+        chosen,
+        rejected,
+        lengths,
+        per_epoch,
+        weights,
     )
 
 
 def _model_and_optimizer(
-    config: RewardConfig, env: DistEnv, ckpt: Checkpoint | None
+    config: RewardConfig, env: DistEnv, ckpt: Checkpoint | None, data: EncodedData
 ) -> tuple[PreTrainedModel, torch.nn.Module, torch.optim.Optimizer]:
-    """(the model, the model as trained: DDP-wrapped under several processes, AdamW), restored on resume."""
+    """(the model, the model as trained: DDP-wrapped under several processes, AdamW), restored on resume.
+
+    With ``lora_r`` the model is the base wrapped by peft (adapters + the heads train); a LoRA
+    checkpoint holds only those, so a resumed run re-loads the base and puts them back."""
     torch.manual_seed(config.seed)  # the fresh heads' initialisation (one random row per head)
     layout = HeadLayout(config.quality_heads, config.length_head)
-    raw_model = load_reward_model(str(ckpt.path) if ckpt else config.base_model, layout)
+    full_checkpoint = ckpt is not None and not config.lora_r
+    raw_model = load_reward_model(str(ckpt.path) if ckpt and full_checkpoint else data.base_dir, layout)
+    # one pad id, the bundle's: transformers' own pooling (a user loading OUT/final) then agrees with ours
+    raw_model.config.pad_token_id = data.encoder.pad_token_id
+    if config.disable_dropout:
+        disable_dropout(raw_model)  # before LoRA: the adapters keep config.lora_dropout
+    if config.lora_r:
+        raw_model = resume_reward_lora(raw_model, ckpt.path) if ckpt else add_reward_lora(raw_model, config)
     raw_model.to(env.device)  # type: ignore[arg-type]  # in place; transformers types .to() oddly
     raw_model.train()
-    if config.disable_dropout:
-        disable_dropout(raw_model)
     optimizer = torch.optim.AdamW(_param_groups(raw_model, config.weight_decay), lr=config.lr)
     if ckpt:
         optimizer.load_state_dict(ckpt.state["optimizer"])
@@ -263,7 +320,7 @@ def _optimizer_step(
         epoch, batch = next(stream)
         sync = micro == config.grad_accum - 1 or env.world == 1  # DDP syncs gradients on the last one only
         with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
-            logits = model(**model_inputs(batch, input_names, env.device)).logits  # [2B, heads]
+            logits = reward_logits(model, **model_inputs(batch, input_names, env.device))  # [2B, heads]
             loss, metrics = _loss(logits, batch, raw_model, data, config)
             (loss / config.grad_accum).backward()
         for key, value in metrics.items():
@@ -337,11 +394,14 @@ def _write_final(
     t_start: float,
     timings: dict[str, float],
 ) -> dict[str, float]:
-    """Validate the final model, measure its train-set score mean/std, write OUT/final; rank 0 only."""
-    val_metrics = validate(raw_model, data.encoder, data.val_pairs, config, env.device)
+    """Validate the final model, measure its train-set score mean/std, write OUT/final; rank 0 only.
+
+    A LoRA model is merged first, so the numbers are those of the plain model OUT/final holds."""
+    final_model = merged(raw_model)
+    val_metrics = validate(final_model, data.encoder, data.val_pairs, config, env.device)
     if val_metrics:
         logger.log({"step": total_steps, **{f"val_{k}": v for k, v in val_metrics.items()}})
-    stats = score_stats(raw_model, data.encoder, data.train_pairs, config, env.device)
+    stats = score_stats(final_model, data.encoder, data.train_pairs, config, env.device)
     summary = {
         **{f"val_{k}": v for k, v in val_metrics.items()},
         "train_pairs": len(data.train_pairs),
@@ -353,7 +413,7 @@ def _write_final(
         **timings,
     }
     final_dir = out / "final"
-    write_final(final_dir, raw_model, config, data.tokenizer_json, stats, summary)
+    write_final(final_dir, final_model, config, data.tokenizer_files, stats, summary)
     plot_run(out)
     if val_metrics:
         print(
@@ -427,4 +487,8 @@ def _describe_run(config: RewardConfig, data: EncodedData, total_steps: int) -> 
     print(
         f"{total_steps} steps ({data.per_epoch} batches of {config.batch_size} pairs per epoch), "
         f"max_length {config.max_length}, lr {config.lr}"
+    )
+    tuning = f"LoRA r={config.lora_r}" if config.lora_r else "full fine-tuning"
+    print(
+        f"base {config.base_model}: {config.input_format} format ({data.encoder.truncation_policy_name}), {tuning}"
     )

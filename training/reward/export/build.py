@@ -1,25 +1,32 @@
-"""Export a trained reward model to a verified bundle: ONNX fp32 + static int8, gated, with a manifest.
+"""Export a reward model to a verified bundle: ONNX fp32 + static int8, gated, with a manifest.
 
-    rlhf export runs/rm --out bundles/rm-v1                  # fp32 + int8 when int8 passes the gate
+    rlhf export runs/rm --out bundles/rm-v1                  # a training run; int8 when it passes the gate
     rlhf export runs/rm --out bundles/rm-v1 --no-int8        # fp32 only
+    rlhf import-rm CHECKPOINT --out bundles/rm               # a checkpoint brought as is (import_rm.py)
 
     result = export_bundle("runs/rm", "bundles/rm-v1", ExportConfig(version="2"))
+    result = export_model(source, "bundles/rm", config)      # any ExportSource
 
-Steps: load RUN/final (model, tokenizer.json, reward_config.json, score_stats.json); re-create the
-run's validation split (the evaluation pairs) and training split (the calibration pairs); export the
-fp32 graph (opset 17, dynamic batch and sequence axes, output "score" [batch], plus "uncertainty" and
-"length_score" when the model has those heads: onnx_graph.py); gate every output against PyTorch and
-for batch independence (failure = no bundle); fit the score's linear trend on answer length over the
-calibration pairs (length_correction.py: recorded as gate.length_trend, and as the manifest's
-``length_correction``, which the service subtracts, with ``--length-correction``); quantise
-statically to int8 and gate it (batch independence, accuracy at most ``max_int8_drop`` points below
-fp32; failure = the bundle ships fp32 only and the manifest says why); write the manifest with every
-file's sha256. Everything is
-written into a temporary directory next to the target, verified with `load_bundle`, then renamed,
-so a bundle directory is never half-written.
+One export path: :func:`export_model` takes an :class:`ExportSource` (a model directory, its encoder,
+the pairs the gate evaluates on, the pairs that calibrate int8, and what the manifest says about where
+the model came from). `export_bundle` (a training run: RUN/final, its validation split for the gate,
+its training split for calibration) and `import_rm.import_checkpoint` only build that source.
 
-The fp32 and int8 scores of the gate come from `service.onnx_scoring` and the ids from
-`service.encoding.PairEncoder`: the exact code path the service runs.
+Steps: export the fp32 graph (opset 17, dynamic batch and sequence axes, output "score" [batch], plus
+"uncertainty" and "length_score" when the model has those heads: onnx_graph.py; a decoder's score is
+read at each row's last real token: pooling.py); gate every output against PyTorch and for batch
+independence (failure = no bundle); score the calibration pairs with the fp32 graph and fit the
+score's linear trend on answer length (length_correction.py: recorded as gate.length_trend, and as the
+manifest's ``length_correction``, which the service subtracts, with ``--length-correction``); a
+source without a training run's score mean/std gets them from those scores too; quantise statically
+to int8 and gate it (int8_gate.py: batch independence, accuracy at most ``max_int8_drop`` points
+below fp32; failure = the bundle ships fp32 only and the manifest says why); write the manifest with
+every file's sha256. Everything is written into a temporary directory next to the target, verified
+with `load_bundle`, then renamed, so a bundle directory is never half-written. Each phase shows a
+progress bar counting its model runs (progress.py), and its wall time goes into gate.phase_seconds.
+
+The fp32 and int8 scores of the gate come from `service.onnx_scoring` and the ids from the source's
+encoder (`training.reward.encoders`: pair or chat): the exact code path the service runs.
 """
 
 from __future__ import annotations
@@ -28,10 +35,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,24 +44,26 @@ from typing import Any
 import numpy as np
 
 from service.bundle import MODEL_FILES, TOKENIZER_NAME, Manifest, load_bundle, utc_now, write_manifest
-from service.encoding import EncodedPair, PairEncoder, TruncationPolicy, pad_batch
-from service.onnx_scoring import length_sorted_batches, make_session, score_encoded
+from service.encoding import EncodedPair, Encoder, pad_batch
+from service.onnx_scoring import make_session, score_encoded
 from training.reward.batching import encode_pairs
 from training.reward.config import CONFIG_NAME, ConfigError, RewardConfig
 from training.reward.data import DataError, PreferencePair, load_run_split
+from training.reward.encoders import encoder_manifest_fields, run_encoder, write_encoder_files
 from training.reward.evaluate import pairwise_accuracy
 from training.reward.export.config import ExportConfig
+from training.reward.export.fp16 import export_fp16
 from training.reward.export.gate import (
     ExportError,
     RunDirError,
     batch_dependence,
-    batch_independence_failure,
     check_batch_independence,
     check_output_parity,
-    int8_accuracy_failure,
+    probe_runs,
 )
+from training.reward.export.int8_gate import int8_inputs, quantize_and_gate, spread_sample
 from training.reward.export.onnx_graph import export_onnx, torch_outputs
-from training.reward.export.quantize import quantize_int8
+from training.reward.export.progress import Progress, TickingSession
 from training.reward.heads import score_outputs
 from training.reward.length_correction import answer_token_counts, fit_length_correction
 from training.reward.model import accepted_input_names, layout_of, load_reward_model
@@ -70,6 +77,25 @@ class ExportResult:
     bundle_dir: Path
     manifest: Manifest
     gate: dict[str, Any]  # the measured numbers, also in manifest["gate"]
+
+
+@dataclass
+class ExportSource:
+    """What an export reads, whoever made the model: a training run or a checkpoint brought as is."""
+
+    model_dir: Path  # a saved sequence classifier (config.json, weights), with its tokenizer files
+    encoder: Encoder  # pair or chat, with the bundle's pad id (training.reward.encoders)
+    eval_pool: list[PreferencePair]  # the gate's evaluation pairs are spread over these
+    calibration_pool: list[PreferencePair]  # int8 calibration, the length trend, extra fidelity pairs
+    name: str  # the bundle's name unless the config gives one
+    base_model: str  # the manifest's base_model
+    eval_dataset: str  # the manifest's eval.dataset: where the evaluation pairs come from
+    training_config: dict[str, Any] = field(default_factory=dict)  # a run's RewardConfig; {} for an import
+    # the train-set score mean/std the service normalises with; None = measured by the fp32 graph on
+    # the calibration pairs (a checkpoint has no training set to measure them on)
+    score_stats: dict[str, float] | None = None
+    model: Any = None  # the PyTorch model when the caller loaded it already; None = load model_dir
+    tokenizer_dir: Path | None = None  # where tokenizer.json (+ chat template) are; None = model_dir
 
 
 def find_final_dir(run_dir: Path) -> Path:
@@ -92,28 +118,76 @@ def read_score_stats(final_dir: Path) -> dict[str, float]:
         raise RunDirError(f"{path}: cannot read the train-set score mean/std ({exc})") from exc
 
 
-def spread_sample(pairs: Sequence[PreferencePair], n: int) -> list[PreferencePair]:
-    """``n`` pairs evenly spaced over ``pairs`` (all when n <= 0 or n >= len): deterministic, same mix."""
-    if n <= 0 or n >= len(pairs):
-        return list(pairs)
-    return [pairs[int(i)] for i in np.linspace(0, len(pairs) - 1, n).round().astype(int)]
-
-
 def export_bundle(
-    run_dir: str | Path, out_dir: str | Path, config: ExportConfig | None = None
+    run_dir: str | Path,
+    out_dir: str | Path,
+    config: ExportConfig | None = None,
+    progress: Progress | None = None,
 ) -> ExportResult:
-    """Export, gate and write a bundle at ``out_dir``; raise an ExportError naming the failed check."""
+    """Export, gate and write a training run's bundle at ``out_dir``; raise an ExportError naming the
+    failed check."""
     config = config or ExportConfig()
-    run, out = Path(run_dir), Path(out_dir)
+    check_target(Path(out_dir), config)
+    return export_model(run_source(Path(run_dir)), out_dir, config, progress)
+
+
+def run_source(run: Path) -> ExportSource:
+    """A finished training run as an export source; RunDirError names what is missing or unreadable."""
+    final = find_final_dir(run)
+    if not (final / TOKENIZER_NAME).is_file():
+        raise RunDirError(f"{final / TOKENIZER_NAME} is missing")
+    stats = read_score_stats(final)
+    try:
+        train_config = RewardConfig.load(final / CONFIG_NAME)
+        train_pairs, val_pairs = load_run_split(run)  # the run's own data, split as in training
+    except (ConfigError, DataError) as exc:
+        raise RunDirError(f"{run}: cannot re-create the run's data split: {exc}") from exc
+    try:
+        encoder = run_encoder(final)
+    except ValueError as exc:  # EncoderSourceError, ConfigError, an invalid truncation policy
+        raise RunDirError(f"{final}: cannot build the run's encoder: {exc}") from exc
+    if not val_pairs:
+        raise RunDirError(
+            f"{run}: the run has no validation split (val_fraction 0); the gate needs evaluation pairs"
+        )
+    data = train_config.data or "embedded hh-rlhf-harmless-2000"
+    return ExportSource(
+        model_dir=final,
+        encoder=encoder,
+        eval_pool=val_pairs,
+        calibration_pool=train_pairs,
+        name=(final.parent if final.name == "final" else final).name,
+        base_model=train_config.base_model,
+        eval_dataset=f"{data}: validation split (val_fraction {train_config.val_fraction}, "
+        f"seed {train_config.seed})",
+        training_config=train_config.to_dict(),
+        score_stats=stats,
+    )
+
+
+def check_target(out: Path, config: ExportConfig) -> None:
+    """Refuse an existing ``out`` unless ``config.overwrite``: checked before any slow work."""
     if out.exists() and not config.overwrite:
         raise ExportError(f"{out} already exists; choose another --out or pass --overwrite")
-    final = find_final_dir(run)
+
+
+def export_model(
+    source: ExportSource,
+    out_dir: str | Path,
+    config: ExportConfig | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export, gate and write ``source`` as a bundle at ``out_dir``; raise an ExportError naming the
+    failed check. ``progress`` None = bars when stderr is a terminal."""
+    config = config or ExportConfig()
+    out = Path(out_dir)
+    check_target(out, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        fields, gate = _build(run, final, tmp, config)
+        fields, gate = _build(source, tmp, config, progress or Progress())
         write_manifest(tmp, {**fields, "gate": gate})
         load_bundle(tmp)  # verify before it becomes visible
         _replace_dir(tmp, out)
@@ -123,74 +197,57 @@ def export_bundle(
     return ExportResult(out, bundle.manifest, gate)
 
 
-@dataclass
-class RunInputs:
-    """What the export reads from a finished training run (RUN/final and the run's data split)."""
-
-    train_config: RewardConfig
-    stats: dict[str, float]  # the train-set score mean/std, for the manifest
-    train_pairs: list[PreferencePair]  # calibration and extra fidelity pairs come from here
-    val_pairs: list[PreferencePair]  # the evaluation pairs come from here
-    encoder: PairEncoder  # the run's tokenizer with its truncation policy
-
-
-def read_run(run: Path, final: Path) -> RunInputs:
-    """Load what the export needs from the run; RunDirError names what is missing or unreadable."""
-    if not (final / TOKENIZER_NAME).is_file():
-        raise RunDirError(f"{final / TOKENIZER_NAME} is missing")
-    stats = read_score_stats(final)
-    try:
-        train_config = RewardConfig.load(final / CONFIG_NAME)
-        train_pairs, val_pairs = load_run_split(run)  # the run's own data, split as in training
-    except (ConfigError, DataError) as exc:
-        raise RunDirError(f"{run}: cannot re-create the run's data split: {exc}") from exc
-    policy = TruncationPolicy(train_config.max_length, train_config.min_question_tokens)
-    encoder = PairEncoder.from_file(final / TOKENIZER_NAME, policy)
-    if not val_pairs:
-        raise RunDirError(
-            f"{run}: the run has no validation split (val_fraction 0); the gate needs evaluation pairs"
-        )
-    return RunInputs(train_config, stats, train_pairs, val_pairs, encoder)
-
-
-def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write the graphs and tokenizer into ``tmp``; return (manifest fields, gate numbers)."""
+def _build(
+    source: ExportSource, tmp: Path, config: ExportConfig, progress: Progress
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the graphs and encoder files into ``tmp``; return (manifest fields, gate numbers)."""
     started = time.perf_counter()
-    inputs = read_run(run, final)
-    eval_pairs = spread_sample(inputs.val_pairs, config.eval_pairs)
-    chosen, rejected = encode_pairs(inputs.encoder, eval_pairs)
+    encoder = source.encoder
+    eval_pairs = spread_sample(source.eval_pool, config.eval_pairs)
+    chosen, rejected = encode_pairs(encoder, eval_pairs)
     encoded = [*chosen, *rejected]  # rows [0, n) chosen, [n, 2n) rejected
-    pad = inputs.encoder.pad_token_id
+    pad = encoder.pad_token_id
 
     # -- fp32 graph, traced from the PyTorch model ---------------------------------------------------
-    model = load_reward_model(str(final)).eval()
+    model = (source.model if source.model is not None else load_reward_model(str(source.model_dir))).eval()
     input_names = accepted_input_names(model)
-    shutil.copyfile(final / TOKENIZER_NAME, tmp / TOKENIZER_NAME)
+    write_encoder_files(source.tokenizer_dir or source.model_dir, encoder, tmp)  # + chat_template.jinja
     fp32_path = tmp / MODEL_FILES["fp32"]
     _export_fp32(model, input_names, pad_batch(sorted(encoded, key=len)[-2:], pad), fp32_path, config)
 
     # -- fp32 gate: parity with PyTorch and batch independence (hard failures) ----------------------
     session = make_session(fp32_path, config.threads)
-    fp32 = _gate_fp32(session, model, input_names, encoded, pad, config)
-    length_trend = _fit_length_trend(session, input_names, inputs, config)
+    fp32 = _gate_fp32(session, model, input_names, encoded, pad, config, progress)
+    calibration_pairs = spread_sample(source.calibration_pool, config.calibration_pairs)
+    calibrated = _score_calibration_pairs(session, input_names, encoder, calibration_pairs, config, progress)
+    length_trend = _fit_length_trend(*calibrated)
+    stats = source.score_stats or _measured_score_stats(calibrated[0])
+
+    # -- fp16 for GPU serving (--fp16): shipped only when it passes its gate (fp16.py) ---------------
+    fp16_path = tmp / MODEL_FILES["fp16"]
+    fp16 = (
+        export_fp16(session, fp32_path, fp16_path, input_names, encoded, pad, stats["std"], config, progress)
+        if config.fp16
+        else None
+    )
 
     # -- int8: static quantisation, shipped only when it passes ---------------------------------------
     int8_info: dict[str, Any] = {"shipped": False, "reason": "disabled (--no-int8)", "method": None}
     attempts: list[dict[str, Any]] = []
     if config.int8:
-        calibration, fidelity, fidelity_accuracy_fp32 = _int8_inputs(
-            session, input_names, inputs, chosen, rejected, fp32.scores, config
-        )
-        del session  # only one graph's session in memory at a time
-        int8_info, attempts = _quantize_and_gate(
-            fp32_path, tmp / MODEL_FILES["int8"], calibration, input_names, inputs.encoder, encoded,
-            fidelity, fidelity_accuracy_fp32, config,
+        judged = int8_inputs(
+            session, input_names, encoder, chosen, rejected, fp32.scores, calibration_pairs,
+            source.calibration_pool, config, progress,
         )  # fmt: skip
+        del session  # only one graph's session in memory at a time
+        int8_info, attempts = quantize_and_gate(
+            fp32_path, tmp / MODEL_FILES["int8"], judged, input_names, encoder, encoded, config, progress
+        )
 
     # -- what the manifest records ------------------------------------------------------------------
     accuracy_int8 = attempts[-1]["accuracy"] if attempts else None
     fields = _manifest_fields(
-        config, final, inputs, input_names, len(eval_pairs), fp32.accuracy, accuracy_int8, int8_info
+        config, source, input_names, len(eval_pairs), fp32.accuracy, accuracy_int8, int8_info, stats
     )
     fields |= {
         "heads": layout_of(model).manifest_entry(),
@@ -202,7 +259,10 @@ def _build(run: Path, final: Path, tmp: Path, config: ExportConfig) -> tuple[dic
         "batch_diff_fp32": fp32.batch_diff,
         "batch_diff_int8": attempts[-1]["batch_diff"] if attempts else None,
         "int8_attempts": attempts,
+        "fp16": fp16,  # None: not asked for (--fp16)
         "length_trend": length_trend,
+        "score_stats_measured": source.score_stats is None,
+        "phase_seconds": dict(progress.seconds),
         "export_seconds": round(time.perf_counter() - started, 1),
     }
     return fields, gate
@@ -235,6 +295,11 @@ class Fp32Gate:
     accuracy: float  # pairwise accuracy on the evaluation pairs
 
 
+def runs_of(items: int, batch_size: int) -> int:
+    """Model runs to score ``items`` sequences in batches of ``batch_size`` (a progress bar's total)."""
+    return -(-items // batch_size)
+
+
 def _gate_fp32(
     session: Any,
     model: Any,
@@ -242,6 +307,7 @@ def _gate_fp32(
     encoded: list[EncodedPair],
     pad_token_id: int,
     config: ExportConfig,
+    progress: Progress,
 ) -> Fp32Gate:
     """Parity with PyTorch and batch independence of every graph output; raise ExportError (no
     bundle) when either fails."""
@@ -250,13 +316,17 @@ def _gate_fp32(
         raise ExportError(f"exported graph takes inputs {graph_inputs}, expected {input_names}")
     n = len(encoded) // 2
     log.info("gate: scoring %d evaluation pairs with PyTorch and onnxruntime", n)
-    reference = torch_outputs(model, input_names, encoded, pad_token_id, config.batch_size)
-    values = score_outputs(session, input_names, encoded, pad_token_id, config.batch_size)
+    with progress.phase("fp32 parity", 2 * runs_of(len(encoded), config.batch_size)) as bar:
+        reference = torch_outputs(model, input_names, encoded, pad_token_id, config.batch_size, bar)
+        ticking = TickingSession(session, bar)
+        values = score_outputs(ticking, input_names, encoded, pad_token_id, config.batch_size)
     diff_by_output = check_output_parity(reference, values, config.parity_tolerance)
     max_diff, fp32 = max(diff_by_output.values()), values["score"]
-    batch_diff = check_batch_independence(
-        "fp32", batch_dependence(session, input_names, encoded, pad_token_id), config.batch_tolerance
-    )
+    with progress.phase("fp32 batch independence", probe_runs(encoded, config.batch_probe)) as bar:
+        dependence = batch_dependence(
+            TickingSession(session, bar), input_names, encoded, pad_token_id, config.batch_probe
+        )
+    batch_diff = check_batch_independence("fp32", dependence, config.batch_tolerance)
     accuracy = pairwise_accuracy(fp32[:n], fp32[n:])
     log.info(
         "fp32: max |onnx - torch| %.2e, batch diff %.2e, accuracy %.2f%%",
@@ -267,16 +337,29 @@ def _gate_fp32(
     return Fp32Gate(fp32, max_diff, diff_by_output, batch_diff, accuracy)
 
 
-def _fit_length_trend(
-    session: Any, input_names: list[str], inputs: RunInputs, config: ExportConfig
-) -> dict[str, Any] | None:
-    """score ~ a + b * answer tokens, least squares over both answers of the calibration pairs
-    (training pairs, scored by the fp32 graph), as the manifest's ``length_correction`` entry; None
-    when their answers all have one length (no trend to fit)."""
-    pairs = spread_sample(inputs.train_pairs, config.calibration_pairs)
-    chosen, rejected = encode_pairs(inputs.encoder, pairs)
+def _score_calibration_pairs(
+    session: Any,
+    input_names: list[str],
+    encoder: Encoder,
+    pairs: list[PreferencePair],
+    config: ExportConfig,
+    progress: Progress,
+) -> tuple[np.ndarray, list[EncodedPair]]:
+    """(fp32 scores, encodings) of both answers of the calibration pairs: the length trend's and, for
+    a source without a training run, the score normaliser's data."""
+    chosen, rejected = encode_pairs(encoder, pairs)
     encoded = [*chosen, *rejected]
-    scores = score_encoded(session, input_names, encoded, inputs.encoder.pad_token_id, config.batch_size)
+    with progress.phase("fp32 calibration-pair scores", runs_of(len(encoded), config.batch_size)) as bar:
+        scores = score_encoded(
+            TickingSession(session, bar), input_names, encoded, encoder.pad_token_id, config.batch_size
+        )
+    return scores, encoded
+
+
+def _fit_length_trend(scores: np.ndarray, encoded: list[EncodedPair]) -> dict[str, Any] | None:
+    """score ~ a + b * answer tokens, least squares over both answers of the calibration pairs, as
+    the manifest's ``length_correction`` entry; None when their answers all have one length (no
+    trend to fit)."""
     try:
         fit = fit_length_correction(scores, answer_token_counts(encoded))
     except ValueError as exc:
@@ -291,190 +374,47 @@ def _fit_length_trend(
     return fit.to_dict()
 
 
-def _int8_inputs(
-    session: Any,
-    input_names: list[str],
-    inputs: RunInputs,
-    chosen: list[EncodedPair],
-    rejected: list[EncodedPair],
-    fp32_scores: np.ndarray,
-    config: ExportConfig,
-) -> tuple[list[dict[str, np.ndarray]], FidelitySet, float]:
-    """(calibration batches, fidelity set, fp32 accuracy on it): what every int8 recipe is judged on.
-
-    Calibration uses training pairs; the fidelity set is the evaluation pairs plus training pairs not
-    used for calibration, scored here by the fp32 ``session`` (the evaluation pairs already were).
-    """
-    encoder = inputs.encoder
-    calibration_pairs = spread_sample(inputs.train_pairs, config.calibration_pairs)
-    candidates = _uncalibrated(inputs.train_pairs, calibration_pairs)
-    fidelity = _fidelity_set(chosen, rejected, encoder, candidates, config.fidelity_pairs)
-    pad, size, n = encoder.pad_token_id, config.batch_size, len(chosen)
-    extra_chosen = score_encoded(session, input_names, fidelity.extra_chosen, pad, size)
-    extra_rejected = score_encoded(session, input_names, fidelity.extra_rejected, pad, size)
-    fidelity_fp32 = np.concatenate([fp32_scores[:n], extra_chosen, fp32_scores[n:], extra_rejected])
-    return (
-        _calibration_batches(encoder, calibration_pairs),
-        fidelity,
-        pairwise_accuracy(*_halves(fidelity_fp32)),
-    )
+def _measured_score_stats(scores: np.ndarray) -> dict[str, float]:
+    """Mean/std of the fp32 graph's scores of the calibration answers: the normaliser of a bundle
+    whose model came without a training set. A constant or non-finite score is refused."""
+    if scores.size < 2 or not np.isfinite(scores).all() or float(scores.std()) <= 0.0:
+        raise ExportError(
+            f"the model's scores of the {scores.size} calibration answers are constant or not finite "
+            f"(std {float(scores.std()) if scores.size else float('nan'):.3g}): no score scale to serve; "
+            "give more or other pairs (--data, --calibration-pairs)"
+        )
+    return {"mean": float(scores.mean()), "std": float(scores.std())}
 
 
 def _manifest_fields(
     config: ExportConfig,
-    final: Path,
-    inputs: RunInputs,
+    source: ExportSource,
     input_names: list[str],
     eval_pairs: int,
     accuracy_fp32: float,
     accuracy_int8: float | None,
     int8_info: dict[str, Any],
+    stats: dict[str, float],
 ) -> dict[str, Any]:
     """The manifest's description of the bundle (all but ``gate`` and ``files``)."""
-    train_config, policy = inputs.train_config, inputs.encoder.policy
-    source = train_config.data or "embedded hh-rlhf-harmless-2000"
     return {
-        "name": config.name or (final.parent if final.name == "final" else final).name,
+        "name": config.name or source.name,
         "version": config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
         "created": utc_now(),
-        "base_model": train_config.base_model,
-        "max_length": policy.max_length,
-        "truncation": {"max_length": policy.max_length, "min_question_tokens": policy.min_question_tokens},
-        "pad_token_id": inputs.encoder.pad_token_id,
+        "base_model": source.base_model,
+        **encoder_manifest_fields(source.encoder),  # input_format, truncation, pad id, chat template
         "input_names": input_names,
-        "score": inputs.stats,
+        "score": stats,
         "eval": {
-            "dataset": f"{source}: validation split (val_fraction {train_config.val_fraction}, "
-            f"seed {train_config.seed})",
+            "dataset": source.eval_dataset,
             "pairs": eval_pairs,
             "accuracy_fp32": accuracy_fp32,
             "accuracy_int8": accuracy_int8,
         },
         "int8": int8_info,
-        "training_config": train_config.to_dict(),
+        "training_config": source.training_config,
         "export_config": config.to_dict(),
     }
-
-
-def _quantize_and_gate(
-    fp32_path: Path,
-    int8_path: Path,
-    calibration: list[dict[str, np.ndarray]],
-    input_names: list[str],
-    encoder: PairEncoder,
-    encoded: list[EncodedPair],
-    fidelity: FidelitySet,
-    fidelity_accuracy_fp32: float,
-    config: ExportConfig,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Try ``config.recipes`` in order (fastest first); keep the first int8 graph that passes the gate.
-
-    Returns the manifest's int8 entry and one record per attempt (also stored in the manifest, so
-    the choice is visible). When none passes, ``int8_path`` is removed and the reason is the last one.
-    """
-    n, m = len(encoded) // 2, fidelity.pairs
-    attempts: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="rlhf-ranges-") as cache:  # calibrate once per method
-        for recipe in config.recipes:
-            log.info("int8: %s (calibration: %d batches)", recipe.describe(), len(calibration))
-            method = quantize_int8(fp32_path, int8_path, calibration, recipe, Path(cache))
-            session = make_session(int8_path, config.threads)
-            int8 = score_encoded(
-                session, input_names, fidelity.encoded, encoder.pad_token_id, config.batch_size
-            )
-            accuracy = pairwise_accuracy(int8[:n], int8[m : m + n])  # the evaluation pairs come first
-            fidelity_accuracy = pairwise_accuracy(*_halves(int8))
-            batch_diff = batch_dependence(session, input_names, encoded, encoder.pad_token_id)
-            del session
-            reason = batch_independence_failure("int8", batch_diff, config.batch_tolerance)
-            reason = reason or int8_accuracy_failure(
-                fidelity_accuracy_fp32, fidelity_accuracy, config.max_int8_drop, m
-            )
-            attempts.append(
-                {
-                    "method": method,
-                    "accuracy": accuracy,
-                    "fidelity_pairs": m,
-                    "fidelity_accuracy_fp32": fidelity_accuracy_fp32,
-                    "fidelity_accuracy_int8": fidelity_accuracy,
-                    "batch_diff": batch_diff,
-                    "failure": reason,
-                }
-            )
-            log.info(
-                "int8: accuracy %.2f%% on the evaluation pairs; %.2f%% vs fp32 %.2f%% on %d fidelity pairs; "
-                "batch diff %.2e: %s",
-                100 * accuracy,
-                100 * fidelity_accuracy,
-                100 * fidelity_accuracy_fp32,
-                m,
-                batch_diff,
-                reason or "passed",
-            )
-            if reason is None:
-                drop = 100 * (fidelity_accuracy_fp32 - fidelity_accuracy)
-                return {
-                    "shipped": True,
-                    "reason": f"passed the gate (accuracy drop {drop:.2f} points on {m} pairs, "
-                    f"attempt {len(attempts)})",
-                    "method": method,
-                }, attempts
-    int8_path.unlink(missing_ok=True)
-    tried = f" (all {len(attempts)} recipes failed; this was the last)" if len(attempts) > 1 else ""
-    return {
-        "shipped": False,
-        "reason": f"{attempts[-1]['failure']}{tried}",
-        "method": attempts[-1]["method"],
-    }, attempts
-
-
-@dataclass
-class FidelitySet:
-    """Where int8 is compared with fp32: rows [0, pairs) chosen, [pairs, 2 pairs) rejected, the
-    evaluation pairs first (so their accuracy is a slice), then the extra training pairs."""
-
-    encoded: list[EncodedPair]
-    pairs: int
-    extra_chosen: list[EncodedPair]
-    extra_rejected: list[EncodedPair]
-
-
-def _fidelity_set(
-    chosen: list[EncodedPair],
-    rejected: list[EncodedPair],
-    encoder: PairEncoder,
-    candidates: Sequence[PreferencePair],
-    total: int,
-) -> FidelitySet:
-    extra = spread_sample(candidates, total - len(chosen)) if total > len(chosen) else []
-    extra_chosen, extra_rejected = encode_pairs(encoder, extra)
-    all_chosen, all_rejected = [*chosen, *extra_chosen], [*rejected, *extra_rejected]
-    return FidelitySet([*all_chosen, *all_rejected], len(all_chosen), extra_chosen, extra_rejected)
-
-
-def _uncalibrated(
-    train_pairs: Sequence[PreferencePair], calibration_pairs: Sequence[PreferencePair]
-) -> list[PreferencePair]:
-    """Training pairs the int8 ranges were not calibrated on."""
-    used = {id(p) for p in calibration_pairs}
-    return [p for p in train_pairs if id(p) not in used]
-
-
-def _halves(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    half = len(scores) // 2
-    return scores[:half], scores[half:]
-
-
-def _calibration_batches(
-    encoder: PairEncoder, pairs: Sequence[PreferencePair]
-) -> list[dict[str, np.ndarray]]:
-    """Both answers of each pair, length-sorted into batches of 8 so little padding enters the ranges."""
-    chosen, rejected = encode_pairs(encoder, pairs)
-    encoded = [*chosen, *rejected]
-    return [
-        pad_batch([encoded[i] for i in idx], encoder.pad_token_id)
-        for idx in length_sorted_batches([len(e) for e in encoded], 8)
-    ]
 
 
 def _replace_dir(new: Path, target: Path) -> None:

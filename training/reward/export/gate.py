@@ -16,6 +16,7 @@ Error tree::
 
     ExportError
      ├── RunDirError            the training run directory lacks something export needs
+     ├── CheckpointError        `rlhf import-rm`: the checkpoint is not a one-label sequence classifier
      ├── ParityError            ONNX fp32 scores differ from PyTorch beyond the tolerance
      └── BatchDependenceError   a graph scores a pair differently alone and inside a batch
 """
@@ -37,6 +38,10 @@ class ExportError(Exception):
 
 
 class RunDirError(ExportError):
+    pass
+
+
+class CheckpointError(ExportError):
     pass
 
 
@@ -90,6 +95,11 @@ def mixed_batch_probe(encoded: Sequence[EncodedPair], size: int = 32) -> list[in
         picked = [order[p] for p in dict.fromkeys(positions.tolist())]
     rng = np.random.default_rng(0)
     return [picked[i] for i in rng.permutation(len(picked))]
+
+
+def probe_runs(encoded: Sequence[EncodedPair], size: int = 32) -> int:
+    """Model runs of one batch-independence check: each probed sequence alone, then the batch."""
+    return len(mixed_batch_probe(encoded, size)) + 1
 
 
 def batch_dependence_per_output(

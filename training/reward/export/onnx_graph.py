@@ -36,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from service.encoding import EncodedPair, pad_batch
 from service.onnx_scoring import length_sorted_batches
 from training.reward.model import head_outputs, layout_of
+from training.reward.pooling import reward_logits
 
 
 class HeadOutputs(torch.nn.Module):
@@ -58,7 +60,7 @@ class HeadOutputs(torch.nn.Module):
         return self.layout.output_names
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = self.model(**dict(zip(self.input_names, inputs, strict=True))).logits  # [b, K]
+        logits = reward_logits(self.model, **dict(zip(self.input_names, inputs, strict=True)))  # [b, K]
         return tuple(head_outputs(logits, self.layout).values())
 
 
@@ -111,9 +113,10 @@ def torch_outputs(
     encoded: Sequence[EncodedPair],
     pad_token_id: int,
     batch_size: int,
+    bar: tqdm | None = None,
 ) -> dict[str, np.ndarray]:
     """PyTorch values of every graph output, {name: [n] float64}, over the same length-sorted padded
-    batches onnxruntime sees."""
+    batches onnxruntime sees; each batch ticks ``bar``."""
     wrapper = HeadOutputs(model, input_names).eval()
     values = {name: np.empty(len(encoded), dtype=np.float64) for name in wrapper.output_names}
     for idx in length_sorted_batches([len(e) for e in encoded], batch_size):
@@ -121,6 +124,8 @@ def torch_outputs(
         outputs = wrapper(*(torch.from_numpy(batch[n]) for n in input_names))
         for name, value in zip(wrapper.output_names, outputs, strict=True):
             values[name][idx] = value.double().numpy()
+        if bar is not None:
+            bar.update(1)
     return values
 
 

@@ -44,6 +44,9 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from tqdm import tqdm
+
+from training.reward.export.progress import Progress
 
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -112,8 +115,11 @@ class QuantRecipe:
 
 
 # Tried in order by the export until one passes the gate: fastest first; then the last layer's FFN
-# output MatMul in fp32; then every FFN output MatMul in fp32 (slowest, most accurate).
-FFN_OUTPUT = r"layer\.\d+/output/dense/"
+# output MatMul in fp32; then every FFN output MatMul in fp32 (slowest, most accurate). The FFN output
+# projection by family: BERT/RoBERTa/DeBERTa-v2 `layer.N/output/dense`, Llama/Qwen2/Mistral
+# `layers.N/mlp/down_proj`, ModernBERT `layers.N/mlp/Wo`. In a family it does not name (GPT-2, whose
+# Conv1D layers export as Gemm, which no recipe quantises) the three recipes are the same graph.
+FFN_OUTPUT = r"(layer\.\d+/output/dense|layers\.\d+/mlp/(down_proj|Wo))/"
 DEFAULT_RECIPES: tuple[QuantRecipe, ...] = (
     QuantRecipe(),
     QuantRecipe(fp32_nodes=(FFN_OUTPUT,), fp32_layers=(-1,)),
@@ -123,14 +129,19 @@ DEFAULT_RECIPES: tuple[QuantRecipe, ...] = (
 
 class BatchReader(CalibrationDataReader):
     """Feeds calibration batches one at a time (onnxruntime's strided mode) so that batches of
-    different sequence lengths never have to be stacked, and memory stays at one batch's activations."""
+    different sequence lengths never have to be stacked, and memory stays at one batch's activations.
+    Each batch handed out ticks ``bar`` (the calibration phase's progress)."""
 
-    def __init__(self, batches: Sequence[dict[str, np.ndarray]]) -> None:
+    def __init__(self, batches: Sequence[dict[str, np.ndarray]], bar: tqdm | None = None) -> None:
         self._batches = list(batches)
         self._iter: Iterator[dict[str, np.ndarray]] = iter(self._batches)
+        self._bar = bar
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._iter, None)
+        batch = next(self._iter, None)
+        if batch is not None and self._bar is not None:
+            self._bar.update(1)
+        return batch
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -170,13 +181,15 @@ def quantize_int8(
     calibration_batches: Sequence[dict[str, np.ndarray]],
     recipe: QuantRecipe,
     cache_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> str:
     """Write the statically quantised graph to ``out_path``; return the recipe's description.
 
     ``calibration_batches`` are padded model inputs (only the graph's inputs are read); use
     length-sorted batches so that few padding positions enter the activation statistics.
     ``cache_dir`` keeps the calibrated activation ranges, so recipes that differ only in which nodes
-    stay fp32 calibrate once (calibration is most of the time a quantisation takes).
+    stay fp32 calibrate once (calibration is most of the time a quantisation takes). ``progress``
+    shows the calibration batches as a phase (not when the ranges come from the cache).
     """
     if not calibration_batches:
         raise ValueError("static quantisation needs at least one calibration batch")
@@ -188,11 +201,18 @@ def quantize_int8(
         model = onnx.load(str(prepared))
         graph_inputs = {i.name for i in model.graph.input}
         batches = [{k: v for k, v in b.items() if k in graph_inputs} for b in calibration_batches]
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints per batch
+        cache = None if cache_dir is None else cache_dir / recipe.calibration_key()
+        calibrating = cache is None or not cache.is_file()  # else the ranges come from the cache
+        bar = (
+            progress.phase("int8 calibration", len(batches))
+            if progress is not None and calibrating
+            else contextlib.nullcontext()
+        )
+        with bar as ticks, contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints per batch
             quantize_static(
                 str(prepared),
                 str(out_path),
-                BatchReader(batches),
+                BatchReader(batches, ticks),
                 quant_format=QuantFormat.QDQ,
                 per_channel=recipe.per_channel,
                 reduce_range=recipe.reduce_range,
@@ -208,6 +228,6 @@ def quantize_int8(
                     if recipe.quantize_outputs
                     else list(recipe.op_types),
                 },
-                calibration_cache_path=None if cache_dir is None else cache_dir / recipe.calibration_key(),
+                calibration_cache_path=cache,
             )
     return recipe.describe()
