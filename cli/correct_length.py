@@ -17,10 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.failures import refusal
 from cli.options import ConfigOptions
 from training.reward.correction_config import CorrectionConfig
-
-EXIT_FAILED = 1  # the bundle, the data or the fit refused; the message says which; nothing was written
 
 CORRECT = ConfigOptions(CorrectionConfig)
 
@@ -46,10 +45,8 @@ def correct_length_command(
     from training.reward.data import DataError
     from training.reward.manifest_rewrite import RewriteError
 
-    try:
+    refused = (BundleError, DataError, ConversationError, CorrectionError, RewriteError, OSError)
+    with refusal("correct-length", *refused):  # nothing was written
         result = correct_bundle_length(bundle, config, out)
-    except (BundleError, DataError, ConversationError, CorrectionError, RewriteError, OSError) as exc:
-        typer.echo(f"correct-length failed: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
     typer.echo(json.dumps(result.to_dict()))
     typer.echo(result.format_text())

@@ -15,17 +15,21 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, cast, get_args
 
 import typer
 
+from cli.failures import refusal
 from cli.options import ConfigOptions
+from service.bundle import Precision
 from training.reward.export.config import ExportConfig
 
-EXIT_FAILED = 1  # a gate or a bundle check refused; the message says which
+PRECISIONS: tuple[str, ...] = get_args(Precision)  # every graph a bundle may ship
 
 
 EXPORT = ConfigOptions(ExportConfig, exclude={"recipes"})
+# where `rlhf export` and `rlhf import-rm` write their bundle
+BundleOut = Annotated[Path, typer.Option("--out", help="Bundle directory to create (written atomically).")]
 
 
 @EXPORT.command
@@ -34,7 +38,7 @@ def export_command(
     run_dir: Annotated[
         Path, typer.Argument(help="Training run directory (the --out of `rlhf train-rm`) or its final/.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Bundle directory to create (written atomically).")],
+    out: BundleOut,
 ) -> None:
     """Export a trained reward model to a gated ONNX bundle (fp32 + static int8) with a manifest."""
     config = EXPORT.build(given)
@@ -43,11 +47,8 @@ def export_command(
     from training.reward.export.gate import ExportError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with refusal("export", ExportError):
         result = export_bundle(run_dir, out, config)
-    except ExportError as exc:
-        typer.echo(f"export failed: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
     m = result.manifest
     int8 = (
         f"int8 shipped ({m.eval.accuracy_int8:.2%})"
@@ -72,7 +73,11 @@ def eval_command(
         ),
     ] = None,
     precision: Annotated[
-        str | None, typer.Option(help="fp32 or int8 (default: int8 when the bundle ships it, else fp32).")
+        str | None,
+        typer.Option(
+            help="fp32, int8 or fp16, when the bundle ships that graph (default: int8 when it ships, else "
+            "fp32; fp16 runs on the CPU here, for its accuracy, not its speed)."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per onnxruntime run (length-sorted).")] = 32,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 2,
@@ -84,22 +89,30 @@ def eval_command(
     from training.reward.data import DataError
     from training.reward.evaluate import evaluate_bundle
 
-    if precision not in (None, "fp32", "int8"):
-        raise typer.BadParameter(f"must be fp32 or int8, got {precision!r}", param_hint="--precision")
+    if precision is not None and precision not in PRECISIONS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(PRECISIONS)}, got {precision!r}", param_hint="--precision"
+        )
     if batch_size < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
-    chosen: Literal["fp32", "int8"] | None = precision  # type: ignore[assignment]
-    try:
-        report = evaluate_bundle(bundle, data, chosen, batch_size=batch_size, threads=threads, limit=limit)
-    except (BundleError, DataError) as exc:
-        typer.echo(f"eval failed: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
+    with refusal("eval", BundleError, DataError):  # a graph the bundle lacks: it names those it has
+        report = evaluate_bundle(
+            bundle,
+            data,
+            cast(Precision | None, precision),
+            batch_size=batch_size,
+            threads=threads,
+            limit=limit,
+        )
     typer.echo(json.dumps(report.to_dict()) if as_json else report.format_text())
 
 
 def bench_quant_command(
     bundle: Annotated[
-        Path, typer.Option("--bundle", help="Bundle with both model.onnx and model.int8.onnx.")
+        Path,
+        typer.Option(
+            "--bundle", help="Bundle with model.onnx and model.int8.onnx or model.fp16.onnx (or all three)."
+        ),
     ],
     data: Annotated[
         Path | None, typer.Option(help="Pairs whose length mix is used (default: embedded hh-rlhf).")
@@ -114,13 +127,10 @@ def bench_quant_command(
         bool, typer.Option("--json", help="Print one JSON object instead of the table.")
     ] = False,
 ) -> None:
-    """fp32 vs int8 pairs/s in onnxruntime, length-sorted vs arrival-order batches, measured in one run."""
+    """fp32 vs int8 (and fp16) pairs/s in onnxruntime, length-sorted vs arrival-order batches, in one run."""
     from bench.quant import run_bench
     from service.bundle import BundleError
 
-    try:
+    with refusal("bench", BundleError):
         result = run_bench(bundle, data, pairs, batch_size, threads, repeats)
-    except BundleError as exc:
-        typer.echo(f"bench failed: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
     typer.echo(json.dumps(result.to_dict()) if as_json else result.format_table())

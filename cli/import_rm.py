@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.export import EXIT_FAILED
+from cli.export import BundleOut
+from cli.failures import refusal
 from cli.options import ConfigOptions
 from training.reward.export.config import ImportConfig
 
@@ -34,7 +35,7 @@ def import_rm_command(
             "label (config.json, weights) and its tokenizer."
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Bundle directory to create (written atomically).")],
+    out: BundleOut,
 ) -> None:
     """Turn an existing reward model (a one-label sequence classifier) into a gated ONNX bundle."""
     config = IMPORT.build(given)
@@ -44,11 +45,8 @@ def import_rm_command(
     from training.reward.export.import_rm import import_checkpoint
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with refusal("import", ExportError, DataError):
         result = import_checkpoint(checkpoint, out, config)
-    except (ExportError, DataError) as exc:
-        typer.echo(f"import failed: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
     m, gate = result.manifest, result.gate
     int8 = "int8 shipped" if m.int8.shipped else f"int8 NOT shipped: {m.int8.reason}"
     typer.echo(

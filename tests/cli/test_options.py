@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +15,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from typer.testing import CliRunner
 
-from cli.options import RUN_CONTROL_PANEL, ConfigOptions, Flag, cli_type
+from cli.options import RUN_CONTROL_PANEL, ConfigOptions, Flag, cli_type, config_fields
 from service.configuration import Check, DataclassConfig
 
 WIDE = {"COLUMNS": "250"}
@@ -142,17 +145,64 @@ def test_misdeclared_configs_and_flags_are_refused() -> None:
         def clash(given: dict[str, Any], rate: float = 1.0) -> None: ...
 
 
-@pytest.mark.parametrize(
-    ("command", "config", "excluded"),
-    [("train-rm", "RewardConfig", set()), ("export", "ExportConfig", {"recipes"}),
-     ("train-policy", "PolicyConfig", set()), ("serve", "ServiceSettings", set())],
-)  # fmt: skip
-def test_every_command_exposes_every_field(command: str, config: str, excluded: set[str]) -> None:
-    from cli import export, serve, train_policy, train_rm
+# Every `rlhf` command whose options are generated from a config: the config and the fields it leaves
+# out. A command not listed here must have no generated options (the test below says which one has).
+GENERATED = {
+    "train-rm": ("RewardConfig", set()),
+    "export": ("ExportConfig", {"recipes"}),
+    "import-rm": ("ImportConfig", {"recipes"}),
+    "correct-length": ("CorrectionConfig", set()),
+    "train-policy": ("PolicyConfig", set()),
+    "serve": ("ServiceSettings", set()),
+}
 
-    options = {"train-rm": train_rm.REWARD, "export": export.EXPORT, "train-policy": train_policy.POLICY,
-               "serve": serve.SETTINGS}[command]  # fmt: skip
-    assert options.config.__name__ == config
-    from cli.options import config_fields
 
-    assert {s.name for s in options.specs} == {s.name for s in config_fields(options.config)} - excluded
+def registered_commands() -> dict[str, Callable[..., Any]]:
+    """Every command registered on `rlhf` (cli/main.py), sub-apps included, by its command line."""
+    from cli.main import app
+
+    found: dict[str, Callable[..., Any]] = {}
+
+    def walk(group: typer.Typer, prefix: tuple[str, ...]) -> None:
+        for info in group.registered_commands:
+            assert info.name and info.callback, f"{info} is registered without a name or function"
+            found[" ".join((*prefix, info.name))] = info.callback
+        for sub in group.registered_groups:
+            assert sub.name and sub.typer_instance
+            walk(sub.typer_instance, (*prefix, sub.name))
+
+    walk(app, ())
+    return found
+
+
+def generated_options(command: Callable[..., Any]) -> list[ConfigOptions]:
+    """The ConfigOptions of the command's module whose generated options the command takes."""
+    takes = set(inspect.signature(command).parameters)
+    module = vars(sys.modules[command.__module__]).values()
+    return [o for o in module if isinstance(o, ConfigOptions) and {p.name for p in o.parameters} <= takes]
+
+
+COMMANDS = registered_commands()
+
+
+def test_every_listed_command_is_registered() -> None:
+    assert set(GENERATED) <= set(COMMANDS)
+    assert {"import-rm", "correct-length", "bench quant", "eval"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_exposes_every_field_of_its_config(command: str) -> None:
+    found = generated_options(COMMANDS[command])
+    if command not in GENERATED:
+        assert not found, f"{command} generates options from {found[0].config.__name__}: add it to GENERATED"
+    else:
+        config, excluded = GENERATED[command]
+        (options,) = found
+        assert options.config.__name__ == config
+        assert {s.name for s in options.specs} == {s.name for s in config_fields(options.config)} - excluded
+    from cli.main import app
+
+    result = CliRunner().invoke(app, [*command.split(), "--help"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    missing = [o.flag(s.name) for o in found for s in o.specs if o.flag(s.name) not in result.output]
+    assert not missing, f"rlhf {command} --help does not show {missing}"

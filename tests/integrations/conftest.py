@@ -1,5 +1,5 @@
-"""Fixtures of the trainer-integration tests: one real service on a tiny bundle, and its /score as the
-reference every trainer's reward must equal.
+"""Fixtures of the trainer-integration tests: one real service on a tiny bundle, its /score as the
+reference every trainer's reward must equal, and the event loop TRL runs async reward functions on.
 
 The server is the production one (`service.server`, real uvicorn on a loopback socket, see
 tests/service/conftest.py); the bundle has a non-trivial score mean/std so raw, normalised and [0, 1]
@@ -8,16 +8,21 @@ rewards are told apart.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from collections.abc import Iterator, Sequence
 
-import httpx
 import pytest
 
 from service.app import create_app
 from tests.bundle_factory import make_tiny_bundle
-from tests.service.conftest import LiveServer, settings_for
+from tests.service.conftest import (
+    LiveServer,
+    ensemble_live,  # noqa: F401  (re-exported fixture)
+    score_of,
+    settings_for,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,12 +42,21 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def trl_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The loop `GRPOTrainer` starts for async reward functions, made by TRL's own helper."""
+    from trl.trainer.grpo_trainer import start_event_loop_in_daemon
+
+    thread, loop, ready = start_event_loop_in_daemon(name="trl-test-loop")
+    ready.wait()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+
+
 def scores_of(url: str, pairs: Sequence[tuple[str, str]]) -> list[float]:
     """The service's own /score of ``pairs``: the reference a trainer's rewards must equal."""
-    body = {"pairs": [{"question": q, "answer": a} for q, a in pairs]}
-    response = httpx.post(f"{url}/score", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    return [float(s) for s in response.json()["scores"]]
+    return [float(s) for s in score_of(url, pairs)["scores"]]
 
 
 def unit(score: float) -> float:

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from trl.trainer.grpo_trainer import start_event_loop_in_daemon
 
 from integrations import openrlhf_reward, slime_reward, verl_reward
 from integrations.reward_options import (
@@ -32,11 +31,10 @@ from integrations.reward_options import (
     served_model,
 )
 from integrations.trl_reward import AsyncServiceRewardFunction, ServiceRewardFunction
-from service.app import create_app
 from service.client import RewardClient, RewardUnavailable, ScoreResult
 from tests.bundle_factory import make_tiny_bundle
 from tests.integrations.test_trl import COMPLETIONS, PAIRS, PROMPTS, calculate_rewards, trainer_with
-from tests.service.conftest import LiveServer, settings_for
+from tests.service.conftest import LiveServer, live_servers, settings_for
 
 MEAN, STD = 1.0, 2.0
 LAMBDA = 0.7
@@ -60,23 +58,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Live
         "corrected": settings_for(root / "corrected"),
         "uncorrected": settings_for(root / "corrected", length_correction=False),
     }
-    live = {name: LiveServer(create_app(settings)) for name, settings in configs.items()}
-    for server in live.values():
-        server.__enter__()
-    try:
+    with live_servers(configs) as live:
         yield live
-    finally:
-        for server in live.values():
-            server.__exit__()
-
-
-@pytest.fixture(scope="module")
-def trl_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    thread, loop, ready = start_event_loop_in_daemon(name="trl-penalty-loop")
-    ready.wait()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=5)
 
 
 def served(url: str, pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:

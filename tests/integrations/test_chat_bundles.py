@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from trl.trainer.grpo_trainer import start_event_loop_in_daemon
 
 from integrations import openrlhf_reward, slime_reward, verl_reward
 from integrations.convert import to_pair
@@ -62,15 +61,6 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_chat_bundle(root / "chat", CHATML, SPECIAL_TOKENS, version="chat", score_mean=MEAN, score_std=STD)
     make_tiny_bundle(root / "pair", version="pair", score_mean=MEAN, score_std=STD)
     return root
-
-
-@pytest.fixture(scope="module")
-def trl_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    thread, loop, ready = start_event_loop_in_daemon(name="trl-chat-loop")
-    ready.wait()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -22,9 +20,9 @@ from tests.bundle_factory import make_tiny_bundle
 from tests.integrations.released import load_released, released_package
 from tests.integrations.test_openrlhf import HH_PROMPT, VERSION, _no_wait, run
 from tests.integrations.test_slime import post_like_slime
-from tests.service.conftest import LiveServer, settings_for
+from tests.service.conftest import LiveServer, penalised_reference, settings_for
 
-LAMBDA, MEAN, STD = 0.7, 1.0, 2.0
+LAMBDA = 0.7
 TOLERANCE = 1e-4
 
 
@@ -34,34 +32,18 @@ def agent(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return load_released(released_package("openrlhf", VERSION), "openrlhf.utils.agent", monkeypatch)
 
 
-@pytest.fixture(scope="module")
-def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    bundle = make_tiny_bundle(
-        tmp_path_factory.mktemp("server-penalty") / "rm", version="ens", seed=3, quality_heads=4,
-        score_mean=MEAN, score_std=STD,
-    )  # fmt: skip
-    with LiveServer(create_app(settings_for(bundle))) as server:
-        yield server
-
-
 def reference(url: str, pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
-    body = {"pairs": [{"question": q, "answer": a} for q, a in pairs]}
-    got = httpx.post(f"{url}/score", json=body, timeout=30).json()
-    spread = np.asarray(got["uncertainty"])
-    assert (spread > 0).all()  # the heads disagree: the penalty is not a no-op
-    return {
-        "penalised": np.asarray(got["scores"]) - LAMBDA * spread,
-        "normalized": np.asarray(got["normalized"]),
-    }
+    penalised, direct = penalised_reference(url, pairs, LAMBDA)
+    return {"penalised": penalised, "normalized": np.asarray(direct["normalized"])}
 
 
 def test_openrlhfs_executor_with_the_penalty_in_its_remote_url(
-    ensemble: LiveServer,
+    ensemble_live: LiveServer,
     agent: types.ModuleType,
 ) -> None:
-    url = f"{ensemble.url}/get_reward?uncertainty_penalty={LAMBDA}"
+    url = f"{ensemble_live.url}/get_reward?uncertainty_penalty={LAMBDA}"
     output = run(agent, url, HH_PROMPT, " Mix flour and water.")
-    expected = reference(ensemble.url, [(HH_PROMPT, " Mix flour and water.")])
+    expected = reference(ensemble_live.url, [(HH_PROMPT, " Mix flour and water.")])
     assert output["reward"] == pytest.approx(expected["penalised"].tolist(), abs=TOLERANCE)
     # scores (dynamic filtering) stay the model's own verdict: the unpenalised calibration
     unit = 1 / (1 + np.exp(-expected["normalized"]))
@@ -82,14 +64,14 @@ def test_openrlhfs_executor_gets_no_reward_when_the_bundle_cannot_penalise(
     assert output["reward"] is None and output["scores"] is None
 
 
-def test_slimes_request_to_an_rm_url_with_the_penalty(ensemble: LiveServer) -> None:
+def test_slimes_request_to_an_rm_url_with_the_penalty(ensemble_live: LiveServer) -> None:
     samples: list[dict[str, Any]] = [
         {"prompt": HH_PROMPT, "response": " Mix flour and water.", "label": None},
         {"prompt": HH_PROMPT, "response": " Bake it.", "label": "x"},
     ]
     rewards = asyncio.run(
-        post_like_slime(f"{ensemble.url}/slime/reward?uncertainty_penalty={LAMBDA}", samples)
+        post_like_slime(f"{ensemble_live.url}/slime/reward?uncertainty_penalty={LAMBDA}", samples)
     )
-    expected = reference(ensemble.url, [(s["prompt"], s["response"]) for s in samples])
+    expected = reference(ensemble_live.url, [(s["prompt"], s["response"]) for s in samples])
     assert all(type(r) is float for r in rewards)
     assert rewards == pytest.approx(expected["penalised"].tolist(), abs=TOLERANCE)

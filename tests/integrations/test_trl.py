@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +20,6 @@ import torch
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 from trl import GRPOTrainer
-from trl.trainer.grpo_trainer import start_event_loop_in_daemon
 
 from integrations.trl_reward import AsyncServiceRewardFunction, ServiceRewardFunction
 from service.app import create_app
@@ -40,15 +38,6 @@ PAIRS = [
     ("\n\nHuman: Is it safe to swim after eating?\n\nAssistant:", " Yes, mostly."),
     ("\n\nHuman: Name a colour.\n\nAssistant:", " Blue."),
 ]
-
-
-@pytest.fixture(scope="module")
-def trl_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    thread, loop, ready = start_event_loop_in_daemon(name="trl-test-loop")
-    ready.wait()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=5)
 
 
 def trainer_with(funcs: list[Any], loop: asyncio.AbstractEventLoop, metrics: dict[str, float]) -> Any:

@@ -10,6 +10,7 @@ import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -127,6 +128,21 @@ def _still_serving(url: str) -> None:
     assert response.status_code == 200 and math.isfinite(response.json()["scores"][0])
 
 
+def _refused(server: LiveServer, figures: Figures, label: str, status: int, url: str, **request: Any) -> str:
+    """POST one bad request, counted in the bad-inputs figures (a 5xx is a lost input): it must get
+    ``status`` with the service's JSON error, and the server must score after it. Returns the message."""
+    scenario = figures.scenario("bad-inputs")
+    scenario.inputs += 1
+    scenario.sent += 2
+    response = httpx.post(url, timeout=30, **request)
+    if response.status_code >= 500:
+        scenario.lost += 1
+    _assert_error(response, status)
+    _still_serving(server.url)
+    scenario.assert_nothing_lost(label)
+    return str(response.json()["error"]["message"])
+
+
 @pytest.mark.parametrize("route", ["/score", "/score/groups", *TRAINER_ROUTES])
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_a_clear_4xx(server: LiveServer, figures: Figures, name: str, route: str) -> None:
@@ -156,16 +172,8 @@ def test_bad_input_in_each_trainer_protocol_is_a_clear_4xx(
     server: LiveServer, figures: Figures, route: str, name: str
 ) -> None:
     """Each protocol's own mistakes: the service's error format, the right status, still serving."""
-    scenario = figures.scenario("bad-inputs")
     body, status = ROUTE_CASES[route][name]
-    scenario.inputs += 1
-    scenario.sent += 2
-    response = httpx.post(f"{server.url}{route}", content=body, headers=JSON, timeout=30)
-    if response.status_code >= 500:
-        scenario.lost += 1
-    _assert_error(response, status)
-    _still_serving(server.url)
-    scenario.assert_nothing_lost(f"{route}: {name}")
+    _refused(server, figures, f"{route}: {name}", status, f"{server.url}{route}", content=body, headers=JSON)
 
 
 def test_chunked_body_without_content_length_is_cut_at_the_limit(
@@ -305,17 +313,10 @@ CONVERSATION_CASES: dict[str, dict[str, tuple[bytes, int, str]]] = {
 def test_a_broken_conversation_is_a_clear_error_naming_it(
     server: LiveServer, figures: Figures, route: str, name: str
 ) -> None:
-    scenario = figures.scenario("bad-inputs")
     body, status, names = CONVERSATION_CASES[route][name]
-    scenario.inputs += 1
-    scenario.sent += 2
-    response = httpx.post(f"{server.url}{route}", content=body, headers=JSON, timeout=30)
-    if response.status_code >= 500:
-        scenario.lost += 1
-    _assert_error(response, status)
-    assert names in response.json()["error"]["message"], response.json()["error"]["message"]
-    _still_serving(server.url)
-    scenario.assert_nothing_lost(f"{route}: {name}")
+    url = f"{server.url}{route}"
+    message = _refused(server, figures, f"{route}: {name}", status, url, content=body, headers=JSON)
+    assert names in message, message
 
 
 # a chat bundle whose template refuses what it cannot render (Mistral-style strict alternation)
@@ -418,15 +419,7 @@ def test_a_bad_uncertainty_penalty_is_a_clear_422(
 ) -> None:
     """The default bundle has one quality head, so any λ > 0 is refused too (penalising nothing would
     silently train the plain reward)."""
-    scenario = figures.scenario("bad-inputs")
     value, says = PENALTY_CASES[name]
-    scenario.inputs += 1
-    scenario.sent += 2
     url = f"{server.url}{route}?uncertainty_penalty={value}"
-    response = httpx.post(url, json=PENALTY_BODIES[route], timeout=30)
-    if response.status_code >= 500:
-        scenario.lost += 1
-    _assert_error(response, 422)
-    assert says in response.json()["error"]["message"]
-    _still_serving(server.url)
-    scenario.assert_nothing_lost(f"{route}: uncertainty_penalty {name}")
+    label = f"{route}: uncertainty_penalty {name}"
+    assert says in _refused(server, figures, label, 422, url, json=PENALTY_BODIES[route])

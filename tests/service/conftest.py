@@ -10,9 +10,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -26,6 +28,7 @@ from service.settings import ServiceSettings
 from tests.bundle_factory import make_tiny_bundle
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+T = TypeVar("T")
 
 
 class LiveServer:
@@ -62,6 +65,21 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=15)
         self.sock.close()
+
+
+@contextmanager
+def live_servers(configs: Mapping[str, ServiceSettings]) -> Iterator[dict[str, LiveServer]]:
+    """One real server per settings, by name, all started before the block and all stopped after it
+    (those already started are stopped too when a later one fails to start)."""
+    with ExitStack() as stack:
+        yield {name: stack.enter_context(LiveServer(create_app(s))) for name, s in configs.items()}
+
+
+def concurrently(call: Callable[[int], T], n: int) -> list[T]:
+    """``call(i)`` for every i < n, each in its own thread and all in flight at once (clients that send
+    one request each); the results in index order. An exception in any call is raised here."""
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(call, range(n)))
 
 
 def wait_ready(url: str, timeout: float = 20.0) -> None:
@@ -121,6 +139,41 @@ def bundle_v1(bundle_root: Path) -> Path:
 def settings_for(bundle: Path | None, **overrides: Any) -> ServiceSettings:
     values: dict[str, Any] = {"bundle": bundle, "intra_op_threads": 1, "batch_wait_ms": 2.0, **overrides}
     return ServiceSettings(**values)
+
+
+def score_of(url: str, pairs: Sequence[tuple[str, str]]) -> dict:
+    """What /score says of the (question, answer) pairs: the reference every protocol must match."""
+    body = {"pairs": [{"question": q, "answer": a} for q, a in pairs]}
+    response = httpx.post(f"{url}/score", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# ---- a bundle with an ensemble of four quality heads: every score comes with the heads' spread ---------
+ENSEMBLE_MEAN, ENSEMBLE_STD = 1.0, 2.0  # not 0 and 1: raw, normalised and [0, 1] rewards differ
+
+
+def make_ensemble_bundle(bundle_dir: Path) -> Path:
+    return make_tiny_bundle(
+        bundle_dir, version="ens", seed=3, quality_heads=4, score_mean=ENSEMBLE_MEAN, score_std=ENSEMBLE_STD
+    )
+
+
+@pytest.fixture(scope="module")
+def ensemble_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    bundle = make_ensemble_bundle(tmp_path_factory.mktemp("ensemble") / "rm")
+    with LiveServer(create_app(settings_for(bundle))) as server:
+        yield server
+
+
+def penalised_reference(
+    url: str, pairs: Sequence[tuple[str, str]], penalty: float
+) -> tuple[np.ndarray, dict]:
+    """score - penalty·uncertainty from the service's own /score of the pairs (and that /score body)."""
+    direct = score_of(url, pairs)
+    spread = np.asarray(direct["uncertainty"])
+    assert (spread > 0).all(), "the heads must disagree, or the penalty would test nothing"
+    return np.asarray(direct["scores"]) - penalty * spread, direct
 
 
 @pytest.fixture

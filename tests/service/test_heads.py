@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +17,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
 from service.bundle import MANIFEST_NAME
 from service.encoding import pad_batch
 from service.model import LoadedModel, ModelLoadError, load_model
 from tests.bundle_factory import POISON_WORD, make_tiny_bundle
-from tests.service.conftest import LiveServer, settings_for
+from tests.service.conftest import LiveServer, concurrently, live_servers, settings_for
 
 SLOPE, MEAN_LENGTH, MEAN, STD = 0.25, 3.0, 0.5, 2.0
 CORRECTION = {"kind": "linear", "slope": SLOPE, "intercept": 1.0, "unit": "answer_tokens",
@@ -62,14 +60,8 @@ def servers(bundles: Path) -> Iterator[dict[str, LiveServer]]:
         "ensemble": settings_for(bundles / "ensemble", watch_window=50, watch_min_items=4),
         "poison": settings_for(bundles / "poison"),
     }
-    live = {name: LiveServer(create_app(settings)) for name, settings in configs.items()}
-    for server in live.values():
-        server.__enter__()
-    try:
+    with live_servers(configs) as live:
         yield live
-    finally:
-        for server in live.values():
-            server.__exit__()
 
 
 def post(server: LiveServer, route: str, payload: dict[str, object]) -> dict:
@@ -184,16 +176,9 @@ def test_concurrent_requests_each_get_their_own_uncertainty(
     requests = [[(" ".join(rng.choice(words, int(rng.integers(0, 20)))), " ".join(rng.choice(words, int(rng.integers(0, 40)))))
                  for _ in range(int(rng.integers(1, 6)))] for _ in range(12)]  # fmt: skip
     model = load_model(bundles / "ensemble", "auto", 1)
-    got: dict[int, list[float]] = {}
-
-    def client(k: int) -> None:
-        got[k] = post(servers["ensemble"], "/score", body(requests[k]))["uncertainty"]
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(len(requests))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = concurrently(
+        lambda k: post(servers["ensemble"], "/score", body(requests[k]))["uncertainty"], len(requests)
+    )
     for k, pairs in enumerate(requests):
         np.testing.assert_allclose(got[k], alone(model, pairs)["uncertainty"], atol=1e-4)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from service.encoding import pad_batch
 from service.model import load_model
 from tests.service.chat_bundles import make_chat_bundle
 from tests.service.chat_helpers import CHATML, SPECIAL_TOKENS
-from tests.service.conftest import LiveServer, settings_for
+from tests.service.conftest import LiveServer, concurrently, settings_for
 
 CONVERSATION = [
     {"role": "user", "content": "How do I bake bread?"},
@@ -118,17 +117,10 @@ def test_concurrent_requests_of_both_kinds_each_get_their_own_scores(chat_live: 
         {"messages": CONVERSATION}, PAIR, {"messages": WITH_SYSTEM}, {"question": "", "answer": "x"},
     ] * 4  # fmt: skip
     expected = post(chat_live.url, "/score", {"pairs": items})["scores"]
-    got: dict[int, float] = {}
-
-    def one(i: int) -> None:
-        got[i] = post(chat_live.url, "/score", {"pairs": [items[i]]})["scores"][0]
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(items))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    np.testing.assert_allclose([got[i] for i in range(len(items))], expected, atol=1e-4)
+    got = concurrently(
+        lambda i: post(chat_live.url, "/score", {"pairs": [items[i]]})["scores"][0], len(items)
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 def test_models_reports_the_input_format_and_template_hash(

@@ -5,8 +5,6 @@ builds (sources named in docs/): every reward equals what `POST /score` gives th
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,8 +15,16 @@ from service.app import create_app
 from service.bundle import load_bundle
 from service.model import load_model
 from service.rendered import split_rendered
-from tests.bundle_factory import make_tiny_bundle
-from tests.service.conftest import LiveServer, settings_for
+from tests.service.conftest import (
+    ENSEMBLE_MEAN,
+    ENSEMBLE_STD,
+    LiveServer,
+    concurrently,
+    make_ensemble_bundle,
+    penalised_reference,
+    score_of,
+    settings_for,
+)
 
 PROMPT = "\n\nHuman: How do I bake bread?\n\nAssistant:"
 RESPONSE = " Mix flour, water, salt and yeast, knead it, let it rise, then bake it hot."
@@ -27,13 +33,6 @@ OTHERS = [
     ("\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Any advice?\n\nAssistant:", ""),
     ("", " An answer to nothing."),
 ]
-
-
-def score_of(url: str, pairs: list[tuple[str, str]]) -> dict:
-    """What /score says of the pairs: the reference every protocol must match."""
-    response = httpx.post(f"{url}/score", json={"pairs": [{"question": q, "answer": a} for q, a in pairs]})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def sigmoid(x: float) -> float:
@@ -73,19 +72,13 @@ def test_openrlhf_many_single_sample_requests_at_once_each_get_their_own_reward(
 ) -> None:
     pairs = [(PROMPT, RESPONSE), *OTHERS] * 6
     expected = score_of(shared_live.url, pairs)["scores"]
-    got: dict[int, float] = {}
 
-    def sample(i: int) -> None:
+    def sample(i: int) -> float:
         q, a = pairs[i]
         body = {"query": [q + a], "prompts": [q], "labels": [""]}
-        got[i] = httpx.post(f"{shared_live.url}/get_reward", json=body, timeout=30).json()["rewards"][0]
+        return httpx.post(f"{shared_live.url}/get_reward", json=body, timeout=30).json()["rewards"][0]
 
-    threads = [threading.Thread(target=sample, args=(i,)) for i in range(len(pairs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    np.testing.assert_allclose([got[i] for i in range(len(pairs))], expected, atol=1e-4)
+    np.testing.assert_allclose(concurrently(sample, len(pairs)), expected, atol=1e-4)
 
 
 def test_get_reward_without_prompts_splits_at_the_last_assistant_marker(shared_live: LiveServer) -> None:
@@ -188,26 +181,7 @@ def test_get_reward_reports_how_each_query_was_read(shared_live: LiveServer) -> 
 
 
 # ---- ?uncertainty_penalty=λ: the reward a trainer cannot post-process, penalised on the server ----------
-LAMBDA, ENSEMBLE_MEAN, ENSEMBLE_STD = 0.7, 1.0, 2.0
-
-
-@pytest.fixture(scope="module")
-def ensemble_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A bundle whose graph has four quality heads: every score comes with the heads' spread."""
-    bundle = make_tiny_bundle(
-        tmp_path_factory.mktemp("trainer-penalty") / "rm", version="ens", seed=3, quality_heads=4,
-        score_mean=ENSEMBLE_MEAN, score_std=ENSEMBLE_STD,
-    )  # fmt: skip
-    with LiveServer(create_app(settings_for(bundle))) as server:
-        yield server
-
-
-def penalised_reference(url: str, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, dict]:
-    """score - λ·uncertainty from /score's own values (and what /score said)."""
-    direct = score_of(url, pairs)
-    spread = np.asarray(direct["uncertainty"])
-    assert (spread > 0).all(), "the heads must disagree, or the penalty would test nothing"
-    return np.asarray(direct["scores"]) - LAMBDA * spread, direct
+LAMBDA = 0.7  # served by the ensemble_live fixture (tests/service/conftest.py): four quality heads
 
 
 def post_penalised(url: str, route: str, payload: object, penalty: object = LAMBDA) -> httpx.Response:
@@ -218,7 +192,7 @@ def test_get_reward_penalises_rewards_and_keeps_scores_the_models_own_verdict(
     ensemble_live: LiveServer,
 ) -> None:
     pairs = [(PROMPT, RESPONSE), *OTHERS]
-    expected, direct = penalised_reference(ensemble_live.url, pairs)
+    expected, direct = penalised_reference(ensemble_live.url, pairs, LAMBDA)
     payload = {"query": [q + a for q, a in pairs], "prompts": [q for q, _ in pairs]}
     response = post_penalised(ensemble_live.url, "/get_reward", payload)
     assert response.status_code == 200, response.text
@@ -233,7 +207,7 @@ def test_get_reward_penalises_rewards_and_keeps_scores_the_models_own_verdict(
 
 def test_classify_and_embeddings_penalise_the_reward_they_return(ensemble_live: LiveServer) -> None:
     texts = [PROMPT + RESPONSE, *(q + a for q, a in OTHERS)]
-    expected, _ = penalised_reference(ensemble_live.url, [split_rendered(t) for t in texts])
+    expected, _ = penalised_reference(ensemble_live.url, [split_rendered(t) for t in texts], LAMBDA)
     raw = post_penalised(ensemble_live.url, "/classify", {"input": texts, "activation": False})
     assert raw.status_code == 200, raw.text
     np.testing.assert_allclose([d["probs"][-1] for d in raw.json()["data"]], expected, atol=1e-4)
@@ -246,7 +220,7 @@ def test_classify_and_embeddings_penalise_the_reward_they_return(ensemble_live: 
 
 
 def test_slime_reward_is_the_penalised_score(ensemble_live: LiveServer) -> None:
-    expected, _ = penalised_reference(ensemble_live.url, [(PROMPT, RESPONSE)])
+    expected, _ = penalised_reference(ensemble_live.url, [(PROMPT, RESPONSE)], LAMBDA)
     payload = {"prompt": PROMPT, "response": RESPONSE, "label": None}
     response = post_penalised(ensemble_live.url, "/slime/reward", payload)
     assert response.status_code == 200, response.text
@@ -286,17 +260,9 @@ def test_a_bad_lambda_is_a_422_naming_the_parameter(ensemble_live: LiveServer, r
 
 def test_the_servers_default_penalty_applies_when_the_url_has_none(tmp_path: Path) -> None:
     """veRL's reward loop builds its /classify URL itself: the server-wide λ is how it gets the penalty."""
-    bundle = make_tiny_bundle(
-        tmp_path / "rm",
-        version="ens",
-        seed=3,
-        quality_heads=4,
-        score_mean=ENSEMBLE_MEAN,
-        score_std=ENSEMBLE_STD,
-    )
-    settings = settings_for(bundle, trainer_uncertainty_penalty=LAMBDA)
+    settings = settings_for(make_ensemble_bundle(tmp_path / "rm"), trainer_uncertainty_penalty=LAMBDA)
     with LiveServer(create_app(settings)) as server:
-        expected, direct = penalised_reference(server.url, [(PROMPT, RESPONSE)])
+        expected, direct = penalised_reference(server.url, [(PROMPT, RESPONSE)], LAMBDA)
         text = {"input": [PROMPT + RESPONSE], "activation": False}
         default = httpx.post(f"{server.url}/classify", json=text, timeout=30).json()
         assert default["data"][0]["probs"][-1] == pytest.approx(float(expected[0]), abs=1e-4)

@@ -45,6 +45,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_model_dir(tmp_path_factory.mktemp("tiny-bert"))
 
 
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny training run (`reward_helpers.make_tiny_run` on 64 embedded pairs), shared by the
+    export tests; read it only: tests write their bundles beside it, under ``run_dir.parent / "bundles"``."""
+    from tests.training.reward_helpers import make_tiny_base, make_tiny_run, write_pairs
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    base = make_tiny_base(root / "base")
+    return make_tiny_run(root / "run", base, write_pairs(root / "pairs.jsonl.gz", n=64))
+
+
 def learnable_rows(n: int) -> list[dict[str, str]]:
     """Explicit question/chosen/rejected rows with an easy signal (polite vs rude answers)."""
     good = [

@@ -127,7 +127,7 @@ def test_cli_eval_errors_name_the_problem(bundle_dir: Path, tmp_path: Path, data
     result = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--data", str(bad)])
     assert result.exit_code == 1 and "bad.jsonl:2: invalid JSON" in result.output
     result = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--precision", "fp16"])
-    assert result.exit_code == 2 and "fp32 or int8" in result.output
+    assert result.exit_code == 1 and "has no fp16 graph" in result.output  # tests/cli/test_eval_fp16.py
 
 
 def test_eval_and_bench_never_import_torch(bundle_dir: Path, data_file: Path) -> None:

@@ -19,9 +19,6 @@ from service.onnx_scoring import make_session, run_scores, score_encoded
 from tests.training.reward_helpers import (
     MAX_LENGTH,
     MIN_QUESTION_TOKENS,
-    make_tiny_base,
-    make_tiny_run,
-    write_pairs,
 )
 from training.reward.batching import encode_pairs
 from training.reward.data import load_run_split
@@ -36,13 +33,6 @@ from training.reward.export.gate import (
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    base = make_tiny_base(root / "base")
-    return make_tiny_run(root / "run", base, write_pairs(root / "pairs.jsonl.gz", n=64))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from service.encoding import EncodedPair
 from service.model import ModelLoadError, load_model
 from service.onnx_scoring import make_session, score_encoded
 from tests.service.conftest import LiveServer, settings_for
-from tests.training.reward_helpers import make_tiny_base, make_tiny_run, write_pairs
 from training.reward.batching import encode_pairs
 from training.reward.data import load_run_split
 from training.reward.export import ExportConfig, export_bundle
@@ -35,13 +34,6 @@ from training.reward.export.fp16 import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FP16 = MODEL_FILES["fp16"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fp16")
-    base = make_tiny_base(root / "base")
-    return make_tiny_run(root / "run", base, write_pairs(root / "pairs.jsonl.gz", n=64))
 
 
 @pytest.fixture(scope="module")

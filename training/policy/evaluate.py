@@ -24,16 +24,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from training.policy.gold import GoldScorer, gold_scores
-from training.policy.policy import Policy
 from training.policy.prompts import Prompt
-from training.policy.rollout import sample_groups
 from training.policy.scoring import score_answers
+
+if TYPE_CHECKING:  # torch only where `evaluate` samples: EvalResult and the statistics stay torch-free
+    from training.policy.policy import Policy
 
 EVAL_SEED_OFFSET = 1000  # the evaluation's stream never coincides with the training stream
 
@@ -129,6 +129,10 @@ async def evaluate(
     samples depend on it, so before and after must use the same value to be paired. ``gold``: every
     sample is also scored by the gold reward (in a worker thread, after the service's scores).
     """
+    import torch
+
+    from training.policy.rollout import sample_groups
+
     raw_all: list[np.ndarray] = []
     gold_all: list[np.ndarray] = []
     lengths: list[int] = []

@@ -11,9 +11,12 @@ train` counts both; README, "Reward model training"). A pair's chosen and reject
 into the same forward pass (rows [0, B) and [B, 2B)), which is what the pairwise loss compares.
 
 Encoding goes only through the service's encoders (:func:`encode_pairs`, also used by the export
-gate, `rlhf eval` and the benchmarks): `service.encoding.PairEncoder` or, for the chat format,
-`service.chat.ChatEncoder`, built by `training.reward.encoders`; so training sees exactly the ids the
-service will compute for the same text. torch-free (numpy).
+gate, `rlhf eval`, `rlhf correct-length` and the benchmarks): `service.encoding.PairEncoder` or, for
+the chat format, `service.chat.ChatEncoder`, built by `training.reward.encoders`; so training sees
+exactly the ids the service will compute for the same input. A text pair goes through the encoder's
+``encode`` (question, answer), as a `/score` pair does; a conversational pair (its ``prompt`` set)
+through ``encode_conversations``, as a `/score` conversation does: rendered with the chat template by
+a ``chat`` encoder, read as hh turns by a ``pair`` encoder. torch-free (numpy).
 """
 
 from __future__ import annotations
@@ -22,18 +25,58 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.conversation import Conversation, ConversationError
 from service.encoding import EncodedPair, Encoder, pad_batch
-from training.reward.data import PreferencePair
+from training.reward.data import DataError, PreferencePair
 
 
 def encode_pairs(
     encoder: Encoder, pairs: Sequence[PreferencePair]
 ) -> tuple[list[EncodedPair], list[EncodedPair]]:
     """(chosen, rejected) encodings, index-aligned with ``pairs`` (the service's encoder, batched)."""
-    questions = [p.question for p in pairs]
-    chosen = encoder.encode(questions, [p.chosen for p in pairs])
-    rejected = encoder.encode(questions, [p.rejected for p in pairs])
+    chosen = encode_answers(encoder, pairs, [p.chosen for p in pairs])
+    rejected = encode_answers(encoder, pairs, [p.rejected for p in pairs])
     return chosen, rejected
+
+
+def encode_answers(
+    encoder: Encoder, pairs: Sequence[PreferencePair], answers: Sequence[str]
+) -> list[EncodedPair]:
+    """``answers[i]`` as the answer of ``pairs[i]``, index-aligned; text pairs in one batched
+    ``encode`` call, conversational pairs in one ``encode_conversations`` call (module docstring).
+
+    A conversation the encoder refuses (a chat template that raises on it, e.g. one that demands
+    strictly alternating roles) is a :class:`DataError` naming the pair."""
+    if len(pairs) != len(answers):
+        raise ValueError(f"{len(pairs)} pairs but {len(answers)} answers")
+    texts = [i for i, p in enumerate(pairs) if p.prompt is None]
+    chats = [i for i, p in enumerate(pairs) if p.prompt is not None]
+    encoded: dict[int, EncodedPair] = {}
+    if texts:
+        questions = [pairs[i].question for i in texts]
+        encoded.update(zip(texts, encoder.encode(questions, [answers[i] for i in texts]), strict=True))
+    if chats:
+        conversations = [pairs[i].conversation(answers[i]) for i in chats]
+        encoded.update(zip(chats, _encode_conversations(encoder, conversations, chats), strict=True))
+    return [encoded[i] for i in range(len(pairs))]
+
+
+def _encode_conversations(
+    encoder: Encoder, conversations: Sequence[Conversation], indices: Sequence[int]
+) -> list[EncodedPair]:
+    try:
+        return encoder.encode_conversations(conversations)
+    except ConversationError:
+        for index, conversation in zip(indices, conversations, strict=True):  # which one: re-encode alone
+            try:
+                encoder.encode_conversations([conversation])
+            except ConversationError as exc:
+                opening = conversation[0].content[:60]
+                raise DataError(
+                    f"pair {index} (conversation opening {opening!r}): the {encoder.input_format} "
+                    f"encoder cannot encode it: {exc}"
+                ) from exc
+        raise
 
 
 def pair_lengths(chosen: Sequence[EncodedPair], rejected: Sequence[EncodedPair]) -> list[int]:

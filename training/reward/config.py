@@ -20,10 +20,19 @@ from typing import Any
 
 from service.configuration import Check, ConfigError, DataclassConfig
 
-__all__ = ["CONFIG_NAME", "INPUT_FORMATS", "ConfigError", "RewardConfig"]
+__all__ = ["CONFIG_NAME", "INPUT_FORMATS", "ConfigError", "RewardConfig", "encoding_checks"]
 
 CONFIG_NAME = "reward_config.json"
 INPUT_FORMATS = ("auto", "pair", "chat")  # auto = chat when the base's tokenizer has a chat template
+
+
+def encoding_checks(input_format: str, max_length: int) -> list[Check]:
+    """The rules of how pairs become ids, shared by every config that sets them (`RewardConfig`,
+    `ImportConfig`); ``max_length`` is `TruncationPolicy`'s lower bound, so it fails here, by flag."""
+    return [
+        ("input_format", input_format in INPUT_FORMATS, f"must be one of {', '.join(INPUT_FORMATS)}"),
+        ("max_length", max_length >= 8, "must be >= 8"),
+    ]
 
 
 def _default_base_model() -> str:
@@ -214,12 +223,7 @@ class RewardConfig(DataclassConfig):
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
             ("score_stats_pairs", self.score_stats_pairs >= 0, "must be >= 0"),
-            ("max_length", self.max_length >= 8, "must be >= 8"),
-            (
-                "input_format",
-                self.input_format in INPUT_FORMATS,
-                f"must be one of {', '.join(INPUT_FORMATS)}",
-            ),
+            *encoding_checks(self.input_format, self.max_length),
             ("lora_r", self.lora_r >= 0, "must be >= 0 (0 = full fine-tune)"),
             ("lora_alpha", self.lora_alpha > 0, "must be > 0"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "must be in [0, 1)"),

@@ -15,8 +15,9 @@ class CorrectionConfig(DataclassConfig):
     data: str | None = field(
         default=None,
         metadata={
-            "help": "Preference pairs to fit on and judge with (hh-rlhf or question/chosen/rejected JSONL, "
-            "gz or plain, or a saved `datasets` dir). Default: the embedded hh-rlhf pairs."
+            "help": "Preference pairs to fit on and judge with (hh-rlhf, question/chosen/rejected or "
+            "conversational chosen/rejected message lists, JSONL gz or plain, or a saved `datasets` dir). "
+            "Default: the embedded hh-rlhf pairs."
         },
     )
     # more than the export's default fit (128 pairs): the slope of a noisy score on length settles

@@ -1,4 +1,4 @@
-"""Preference pairs from disk: hh-rlhf dialogues, explicit JSONL, or a saved `datasets` dataset.
+"""Preference pairs from disk: hh-rlhf dialogues, explicit JSONL, conversations, or a saved `datasets` dataset.
 
     report = load_pairs()                       # the embedded 2,000 hh-rlhf harmless pairs
     report = load_pairs("pairs.jsonl.gz")       # any of the formats below, gz or plain
@@ -10,8 +10,20 @@ Formats (detected from the first record, then every record must match it):
   (the question keeps the last ``"\\n\\nAssistant:"``; the answer is the rest). Rows whose two
   questions differ (or that have no assistant turn) are skipped and counted, never silently dropped.
 * explicit: ``{"question": ..., "chosen": answer, "rejected": answer}``.
+* conversation (TRL's conversational preference format, implicit prompt):
+  ``{"chosen": [messages], "rejected": [messages]}``, each a whole conversation of ``{"role",
+  "content"}`` messages ending with the assistant answer; the prompt is what they share before it.
+* conversation-prompt (TRL's explicit prompt): ``{"prompt": [messages], "chosen": [messages],
+  "rejected": [messages]}``; ``prompt + chosen`` and ``prompt + rejected`` are the two conversations.
 * a directory written by ``datasets``' ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``; of a
-  dict, the ``train`` split or the only split) whose rows are either of the two above.
+  dict, the ``train`` split or the only split) whose rows are any of the above.
+
+A conversation follows the service's rules (`service.conversation.validate_conversation`: known
+roles, string contents, a system message only first, the assistant last). Its pair keeps the messages
+before the answers as ``prompt`` (system message included), so a ``chat`` run renders the conversation
+it is and a ``pair`` run reads it as hh turns (`conversation_to_hh`), as the service reads conversations
+sent to a bundle of either format. Two conversations that differ before their final answers are the
+hh format's mismatched questions: skipped and counted as ``question_mismatch``.
 
 Pairs whose two answers are identical carry no preference and are skipped and counted too.
 A malformed line raises :class:`DataError` naming the file and line, because a loader that guesses
@@ -32,6 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.conversation import (
+    Conversation,
+    ConversationError,
+    Message,
+    conversation_to_hh,
+    validate_conversation,
+)
 from training.data import embedded_pairs_path, split_hh_dialogue
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -43,11 +62,23 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """One preference: for ``question``, answer ``chosen`` was preferred over ``rejected``."""
+    """One preference: for ``question``, answer ``chosen`` was preferred over ``rejected``.
+
+    A conversational row also keeps ``prompt``, its messages before the two answers; ``chosen`` and
+    ``rejected`` are then the contents of the final assistant messages, and ``question`` is the prompt
+    as hh text (`conversation_to_hh`) for the readers that want one string (the policy's prompts).
+    Encoders read such a pair as its conversations (`batching.encode_pairs`), never as that string.
+    """
 
     question: str
     chosen: str
     rejected: str
+    prompt: Conversation | None = None  # None: a text pair, encoded as (question, answer)
+
+    def conversation(self, answer: str) -> Conversation:
+        """The prompt followed by ``answer`` as the assistant message (a conversational pair only)."""
+        assert self.prompt is not None, "a text pair has no conversation; encode its question and answer"
+        return (*self.prompt, Message("assistant", answer))
 
 
 @dataclass
@@ -113,6 +144,8 @@ def split_pairs(
 def _pair_hash(pair: PreferencePair, seed: int, index: int) -> bytes:
     # the index breaks ties between duplicate rows so that the split size is exact
     text = f"{seed}\x00{index}\x00{pair.question}\x00{pair.chosen}\x00{pair.rejected}"
+    if pair.prompt is not None:  # the hh question drops a system message; the hash keeps it
+        text += "\x00" + json.dumps([m.as_dict() for m in pair.prompt])
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
@@ -164,21 +197,33 @@ def _detect_format(record: Any, where: str) -> str:
     if "question" in record:
         return "explicit"
     if "chosen" in record and "rejected" in record:
+        if isinstance(record["chosen"], list | tuple):  # a datasets row gives lists of dicts
+            return "conversation-prompt" if "prompt" in record else "conversation"
         return "hh-rlhf"
     raise DataError(
-        f"{where}: unknown record format with keys {sorted(record)}; expected "
-        "chosen/rejected dialogues or question/chosen/rejected"
+        f"{where}: unknown record format with keys {sorted(record)}; expected chosen/rejected "
+        "dialogues, question/chosen/rejected, or chosen/rejected (and prompt) message lists"
     )
+
+
+_KEYS = {
+    "explicit": ("question", "chosen", "rejected"),
+    "hh-rlhf": ("chosen", "rejected"),
+    "conversation": ("chosen", "rejected"),
+    "conversation-prompt": ("prompt", "chosen", "rejected"),
+}
 
 
 def _to_pair(record: Any, fmt: str, where: str) -> PreferencePair | str:
     """A pair, or the reason (a short key) why the record is skipped. Raises on malformed records."""
-    keys = ("question", "chosen", "rejected") if fmt == "explicit" else ("chosen", "rejected")
+    keys = _KEYS[fmt]
     if not isinstance(record, Mapping):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     missing = [k for k in keys if k not in record]
     if missing:
         raise DataError(f"{where}: missing key(s) {missing} for the {fmt} format")
+    if fmt.startswith("conversation"):
+        return _conversation_pair(record, fmt, where)
     for key in keys:
         if not isinstance(record[key], str):
             raise DataError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
@@ -195,6 +240,43 @@ def _to_pair(record: Any, fmt: str, where: str) -> PreferencePair | str:
     if chosen == rejected:
         return "identical_answers"
     return PreferencePair(question, chosen, rejected)
+
+
+def _conversation_pair(record: Mapping[str, Any], fmt: str, where: str) -> PreferencePair | str:
+    """A conversational row (module docstring) as a pair with its prompt, or the reason it is skipped."""
+    if fmt == "conversation" and "prompt" in record:
+        raise DataError(
+            f"{where}: has a 'prompt', but the first record has none (the conversation format, implicit "
+            "prompt); one format per file"
+        )
+    prompt = _message_list(record, "prompt", where) if fmt == "conversation-prompt" else []
+    sides = []
+    for key in ("chosen", "rejected"):
+        messages = _message_list(record, key, where)
+        if fmt == "conversation-prompt" and not messages:
+            raise DataError(f"{where}: {key!r} is empty: it needs the assistant answer being scored")
+        label = f"'prompt' + {key!r}" if fmt == "conversation-prompt" else repr(key)
+        try:
+            sides.append(validate_conversation(prompt + messages))
+        except ConversationError as exc:
+            raise DataError(f"{where}: {label}: {exc}") from exc
+    chosen, rejected = sides
+    if chosen[:-1] != rejected[:-1]:
+        return "question_mismatch"  # as an hh row whose two dialogues differ before the last answer
+    if chosen[-1].content == rejected[-1].content:
+        return "identical_answers"
+    question = conversation_to_hh(chosen)[0]
+    return PreferencePair(question, chosen[-1].content, rejected[-1].content, chosen[:-1])
+
+
+def _message_list(record: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = record[key]
+    if not isinstance(value, list | tuple):
+        raise DataError(
+            f"{where}: {key!r} must be a list of messages (the first record's format), "
+            f"got {type(value).__name__}"
+        )
+    return list(value)
 
 
 def load_run_split(run_dir: str | Path) -> tuple[list[PreferencePair], list[PreferencePair]]:

@@ -54,6 +54,7 @@ from training.reward.config import CONFIG_NAME, INPUT_FORMATS, RewardConfig
 __all__ = [
     "INPUT_FORMATS",
     "TOKENIZER_FILES",
+    "TOKENIZER_SOURCES",
     "EncoderSourceError",
     "chat_template_of",
     "encoder_manifest_fields",
@@ -66,15 +67,26 @@ __all__ = [
     "write_encoder_files",
 ]
 
-# What a model directory's tokenizer consists of for us: copied into a training run's final directory
-# (and checkpoints) whenever present, so the final directory is itself a model directory.
 # End-of-text tokens of the common decoder vocabularies, tried when tokenizer_config.json names none.
 END_TOKENS: Final = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>")
+# What a model directory's tokenizer consists of for us: copied into a training run's final directory
+# (and checkpoints) whenever present, so the final directory is itself a model directory.
 TOKENIZER_FILES: Final = (
     TOKENIZER_NAME,
     "tokenizer_config.json",
     "special_tokens_map.json",
     CHAT_TEMPLATE_NAME,
+)
+# Files a tokenizer can be loaded from: a fast tokenizer, or the slow files transformers converts to one
+# (WordPiece, BPE, SentencePiece under the names BERT, GPT-2, Llama, T5, DeBERTa-v2/v3 and XLM-R use).
+TOKENIZER_SOURCES: Final = (
+    TOKENIZER_NAME,
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "spm.model",
+    "sentencepiece.bpe.model",
 )
 
 
@@ -87,10 +99,20 @@ def tokenizer_dir(name_or_path: str | Path, cache: str | Path = ".cache/tokenize
 
     A local directory with a ``tokenizer.json`` is returned as is. Anything else (a hub name, a
     directory with slow tokenizer files only) is loaded once with transformers' AutoTokenizer and
-    saved under ``cache`` (tokenizer.json, tokenizer_config.json, chat template)."""
+    saved under ``cache`` (tokenizer.json, tokenizer_config.json, chat template).
+
+    Refused, before anything is cached: a local directory with none of :data:`TOKENIZER_SOURCES`,
+    and a loaded tokenizer whose vocabulary holds nothing but special tokens. transformers 5 builds
+    such a tokenizer from the model type alone when the files are missing, and every text would
+    then encode to the same few ids: training and `rlhf import-rm` share this one check."""
     local = Path(name_or_path)
     if (local / TOKENIZER_NAME).is_file():
         return local
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_SOURCES):
+        raise EncoderSourceError(
+            f"{local} has no tokenizer (none of {', '.join(TOKENIZER_SOURCES)}): copy the tokenizer "
+            "the model was trained with into it"
+        )
     target = Path(cache) / str(name_or_path).strip("/").replace("/", "--")
     if (target / TOKENIZER_NAME).is_file():
         return target
@@ -102,6 +124,11 @@ def tokenizer_dir(name_or_path: str | Path, cache: str | Path = ".cache/tokenize
         raise EncoderSourceError(f"{name_or_path}: no tokenizer found ({exc})") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise EncoderSourceError(f"{name_or_path} has no fast tokenizer; a tokenizer.json is required")
+    if not set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens):
+        raise EncoderSourceError(
+            f"{name_or_path}: its tokenizer has no vocabulary besides its special tokens "
+            f"({', '.join(tokenizer.all_special_tokens) or 'none'}): not the tokenizer of a trained model"
+        )
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer.save_pretrained(tmp)

@@ -34,6 +34,7 @@ import numpy as np
 from service.bundle import Bundle, Precision, load_bundle
 from service.encoding import EncodedPair
 from service.onnx_scoring import make_session, score_encoded
+from training.reward.batching import encode_pairs
 
 UNIT = "answer_tokens"
 
@@ -128,12 +129,12 @@ def score_bundle_pairs(
     batch_size: int = 32,
     threads: int = 2,
 ) -> PairScores:
-    """Score both answers of ``pairs`` (`PreferencePair`s) with the bundle's own encoder (pair or chat)
-    and an onnxruntime session on its ``precision`` graph: what the service computes before it applies
-    a length correction."""
+    """Score both answers of ``pairs`` (`PreferencePair`s, text or conversational) with the bundle's own
+    encoder (pair or chat) and an onnxruntime session on its ``precision`` graph: what the service
+    computes before it applies a length correction."""
     encoder = bundle.encoder()
-    questions = [p.question for p in pairs] * 2
-    encoded = encoder.encode(questions, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    chosen, rejected = encode_pairs(encoder, pairs)
+    encoded = [*chosen, *rejected]
     session = make_session(bundle.model_path(precision), threads)
     scores = score_encoded(session, bundle.manifest.input_names, encoded, encoder.pad_token_id, batch_size)
     truncated = np.array([e.truncated for e in encoded], dtype=bool)

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from service.encoding import Encoder, pad_batch
+from service.bundle import TOKENIZER_NAME
+from service.encoding import EncodedPair, Encoder, pad_batch
+from training.reward.encoders import tokenizer_dir
 from training.reward.heads import CONFIG_KEY, HeadLayout
 from training.reward.pooling import reward_logits
 
@@ -28,32 +30,26 @@ def default_base_model() -> str:
 
 
 def tokenizer_json_path(name_or_path: str) -> Path:
-    """Path to the fast tokenizer of a local model directory, writing one if only slow files exist."""
-    local = Path(name_or_path)
-    if (local / "tokenizer.json").is_file():
-        return local / "tokenizer.json"
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
-    if backend is None:
-        raise ValueError(f"{name_or_path} has no fast tokenizer; a tokenizer.json is required")
-    cache = Path(".cache/tokenizers") / name_or_path.replace("/", "--")
-    cache.mkdir(parents=True, exist_ok=True)
-    backend.save(str(cache / "tokenizer.json"))
-    return cache / "tokenizer.json"
+    """Path to the fast tokenizer of a model (local dir or hub name): `encoders.tokenizer_dir`'s, which
+    converts slow files once and refuses a directory without a tokenizer."""
+    return tokenizer_dir(name_or_path) / TOKENIZER_NAME
 
 
 def load_reward_model(name_or_path: str, layout: HeadLayout | None = None) -> PreTrainedModel:
-    """Base model (local dir or hub name) with fresh heads, or a trained reward checkpoint.
+    """Base model (local dir or hub name) with fresh heads, or a trained reward checkpoint, in float32.
 
     ``layout`` None = the layout stored in the checkpoint (one scalar head when none is stored, as
-    for a base model or a model trained before heads existed). Given, it is stored in the config."""
+    for a base model or a model trained before heads existed). Given, it is stored in the config.
+    float32 whatever the checkpoint was saved in: transformers 5 loads a checkpoint in its own dtype
+    by default, and a bf16 base would otherwise train in bf16 (AdamW updates lost to rounding) and
+    export a bf16 graph the parity gate and the int8 quantiser do not expect."""
     from transformers import AutoConfig
 
     if layout is None:
         layout = HeadLayout.of_config(AutoConfig.from_pretrained(name_or_path))
-    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=layout.num_labels)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name_or_path, num_labels=layout.num_labels, dtype=torch.float32
+    )
     if not layout.is_plain:
         setattr(model.config, CONFIG_KEY, layout.to_dict())
     if model.config.pad_token_id is None:
@@ -108,7 +104,6 @@ def accepted_input_names(model: PreTrainedModel) -> list[str]:
     return names
 
 
-@torch.no_grad()
 def score_pairs(
     model: PreTrainedModel,
     encoder: Encoder,
@@ -117,8 +112,20 @@ def score_pairs(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Served scores [n] (mean of the quality heads) in input order; batches are length-sorted."""
-    encoded = encoder.encode(questions, answers)
+    """Served scores [n] (mean of the quality heads) of text pairs, in input order."""
+    return score_encoded(model, encoder.encode(questions, answers), encoder.pad_token_id, batch_size, device)
+
+
+@torch.no_grad()
+def score_encoded(
+    model: PreTrainedModel,
+    encoded: Sequence[EncodedPair],
+    pad_token_id: int,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Served scores [n] of encodings (pairs or conversations alike), in input order, over
+    length-sorted batches; the model's train/eval mode is restored."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     names = accepted_input_names(model)
     layout = layout_of(model)
@@ -127,7 +134,7 @@ def score_pairs(
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = pad_batch([encoded[i] for i in idx], encoder.pad_token_id)
+        batch = pad_batch([encoded[i] for i in idx], pad_token_id)
         logits = reward_logits(model, **model_inputs(batch, names, device))  # [b, K]
         scores[idx] = head_outputs(logits, layout)["score"].double().cpu().numpy()
     model.train(was_training)

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from service.encoding import Encoder
+from training.reward.batching import encode_pairs
 from training.reward.config import CONFIG_NAME, RewardConfig
 from training.reward.data import PreferencePair
 from training.reward.losses import pairwise_loss
-from training.reward.model import score_pairs
+from training.reward.model import score_encoded
 from training.runlog import plot_curves, read_jsonl
 
 PLOT_KEYS = ("loss", "accuracy", "margin", "lr", "tokens_per_s", "val_accuracy", "val_margin", "val_loss")
@@ -29,9 +30,9 @@ def validate(
     """Pairwise accuracy (ties wrong), mean margin and loss of the current model on ``pairs``."""
     if not pairs:
         return {}
-    questions = [p.question for p in pairs]
-    r_c = score_pairs(model, encoder, questions, [p.chosen for p in pairs], config.batch_size * 2, device)
-    r_r = score_pairs(model, encoder, questions, [p.rejected for p in pairs], config.batch_size * 2, device)
+    chosen, rejected = encode_pairs(encoder, pairs)  # text or conversational pairs, as training encodes
+    r_c = score_encoded(model, chosen, encoder.pad_token_id, config.batch_size * 2, device)
+    r_r = score_encoded(model, rejected, encoder.pad_token_id, config.batch_size * 2, device)
     _, metrics = pairwise_loss(torch.from_numpy(r_c), torch.from_numpy(r_r))
     return {**metrics, "pairs": len(pairs)}
 
@@ -46,12 +47,12 @@ def score_stats(
     if config.score_stats_pairs and len(pairs) > config.score_stats_pairs:
         keep = np.random.default_rng(config.seed).choice(len(pairs), config.score_stats_pairs, replace=False)
         pairs = [pairs[i] for i in sorted(keep.tolist())]
-    questions = [p.question for p in pairs] * 2
-    answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    scores = score_pairs(model, encoder, questions, answers, config.batch_size * 2, device)
+    chosen, rejected = encode_pairs(encoder, pairs)
+    scores = score_encoded(model, [*chosen, *rejected], encoder.pad_token_id, config.batch_size * 2, device)
     return {"mean": float(scores.mean()), "std": float(scores.std()), "pairs": len(pairs)}
 
 
+@torch.no_grad()
 def write_final(
     final_dir: Path,
     model: Any,

@@ -189,8 +189,9 @@ class ImportConfig(ExportConfig):
     data: str | None = field(
         default=None,
         metadata={
-            "help": "Preference pairs for the gate and int8 calibration (hh-rlhf or question/chosen/rejected "
-            "JSONL, gz or plain, or a saved `datasets` dir; default: the embedded hh-rlhf pairs)."
+            "help": "Preference pairs for the gate and int8 calibration (hh-rlhf, question/chosen/rejected or "
+            "conversational chosen/rejected message lists, JSONL gz or plain, or a saved `datasets` dir; "
+            "default: the embedded hh-rlhf pairs)."
         },
     )
     # a reward model reads what it was trained on; a chat template is the sign of a conversation model
@@ -216,16 +217,11 @@ class ImportConfig(ExportConfig):
     seed: int = field(default=0, metadata={"help": "Seed of the deterministic held-out split."})
 
     def checks(self) -> list[Check]:
-        from training.reward.config import INPUT_FORMATS
+        from training.reward.config import encoding_checks
 
         return [
             *super().checks(),
-            (
-                "input_format",
-                self.input_format in INPUT_FORMATS,
-                f"must be one of {', '.join(INPUT_FORMATS)}",
-            ),
-            ("max_length", self.max_length >= 8, "must be >= 8"),
+            *encoding_checks(self.input_format, self.max_length),
             ("min_question_tokens", self.min_question_tokens >= 0, "must be >= 0"),
             ("eval_fraction", 0.0 < self.eval_fraction < 1.0, "must be in (0, 1)"),
         ]

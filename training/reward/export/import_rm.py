@@ -41,8 +41,6 @@ from training.reward.pooling import PoolingError, classifier_head
 
 log = logging.getLogger(__name__)
 EMBEDDED_DATA = "embedded hh-rlhf-harmless-2000"
-# a fast tokenizer, or the slow files transformers converts to one
-TOKENIZER_SOURCES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 
 
 def import_checkpoint(
@@ -137,13 +135,9 @@ def checkpoint_encoder(directory: Path, config: ImportConfig) -> tuple[Path, Any
     """(directory holding tokenizer.json and the template, the encoder) for the checkpoint and
     ``config.input_format`` (auto = chat when its tokenizer has a chat template).
 
-    A directory without any tokenizer file is refused here: transformers would otherwise make an
-    empty tokenizer from the model type, and every text would score the same."""
-    if not any((directory / name).is_file() for name in TOKENIZER_SOURCES):
-        raise CheckpointError(
-            f"{directory} has no tokenizer (none of {', '.join(TOKENIZER_SOURCES)}): copy the tokenizer "
-            "the model was trained with into it"
-        )
+    A directory without any tokenizer file is refused (`encoders.tokenizer_dir`, the check training
+    shares): transformers would otherwise make an empty tokenizer from the model type, and every text
+    would score the same."""
     try:
         files = tokenizer_dir(directory)
         input_format = resolve_input_format(files, config.input_format)
