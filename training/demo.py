@@ -412,9 +412,9 @@ def demo_command(
     rm_options: Annotated[
         str,
         typer.Option(
-            help="Extra `rlhf train-rm` options of the served (proxy) reward model, e.g. the defended "
-            "configuration '--quality-heads 4 --length-head' (README, 'Rewards that resist hacking'). "
-            "Default: the plain model."
+            help="Extra `rlhf train-rm` options of the served (proxy) reward model, e.g. '--no-length-head' "
+            "for the plain model or '--quality-heads 4' for an ensemble (README, 'Rewards that resist "
+            "hacking'). Default: train-rm's default, the ODIN length-disentangled model."
         ),
     ] = "",
     gold: Annotated[

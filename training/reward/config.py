@@ -148,10 +148,12 @@ class RewardConfig(DataclassConfig):
         },
     )
     # ODIN (Chen et al. 2024): a second head absorbs answer length, so the served quality head does not
+    # the default since it held the plain model's accuracy (README "Rewards that resist hacking")
     length_head: bool = field(
-        default=False,
+        default=True,
         metadata={
-            "help": "Train a length head beside the quality head(s) (ODIN); the score stays quality only."
+            "help": "Train a length head beside the quality head(s) (ODIN); the score stays quality only. "
+            "--no-length-head trains the plain one-head model."
         },
     )
     # 1.0 and 1.0 are the ODIN reference code's defaults

@@ -45,12 +45,19 @@ def load_reward_model(name_or_path: str, layout: HeadLayout | None = None) -> Pr
     export a bf16 graph the parity gate and the int8 quantiser do not expect."""
     from transformers import AutoConfig
 
-    if layout is None:
-        layout = HeadLayout.of_config(AutoConfig.from_pretrained(name_or_path))
+    stored = HeadLayout.of_config(AutoConfig.from_pretrained(name_or_path))
+    layout = stored if layout is None else layout
+    # another layout than the checkpoint's (e.g. a length head on a plain reward model) means new
+    # heads: the old ones have another shape and are re-initialised, as for a base model
     model = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=layout.num_labels, dtype=torch.float32
+        name_or_path,
+        num_labels=layout.num_labels,
+        dtype=torch.float32,
+        ignore_mismatched_sizes=layout != stored,
     )
-    if not layout.is_plain:
+    if layout.is_plain:
+        model.config.__dict__.pop(CONFIG_KEY, None)  # a plain model from a multi-head checkpoint
+    else:
         setattr(model.config, CONFIG_KEY, layout.to_dict())
     if model.config.pad_token_id is None:
         model.config.pad_token_id = 0
