@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-EXIT_FAILED = 1  # a run, the gold bundle or the output directory refused; the message says which
+from cli.failures import refusal
 
 
 def compare_command(
@@ -47,14 +47,11 @@ def compare_command(
     from training.policy.errors import PolicyTrainingError
     from training.policy.gold import GoldScorer
 
-    try:
+    with refusal("compare", PolicyTrainingError, OSError):  # CompareError, GoldError: PolicyTrainingErrors
         loaded = [load_run(path, label) for label, path in map(parse_run_argument, runs)]
         gold = GoldScorer.load(gold_bundle, threads=threads) if gold_bundle is not None else None
         comparison = compare_runs(loaded, gold, str(gold_bundle or ""))
         written = write_outputs(comparison, out, samples) if out is not None else []
-    except (PolicyTrainingError, OSError) as exc:  # CompareError and GoldError are PolicyTrainingErrors
-        typer.echo(f"compare failed: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
     typer.echo("\n".join(table_lines(comparison)))
     typer.echo("\n" + gold_line(comparison))
     for note in comparison.notes:
