@@ -38,6 +38,7 @@ import typer
 
 from bench.padding import padding_stats, random_batches
 from training.reward.config import RewardConfig
+from training.reward.diagnostics import paired_gain
 
 if TYPE_CHECKING:
     from training.reward.data import PreferencePair
@@ -361,21 +362,6 @@ def _heldout_summary(r_c: Any, r_r: Any, suffix: str = "") -> dict[str, Any]:
         f"heldout_margin{suffix}": float((r_c - r_r).mean()),
         f"heldout_correct{suffix}": [bool(c) for c in correct],
     }
-
-
-def paired_gain(ours: list[bool], theirs: list[bool]) -> tuple[float, float]:
-    """Accuracy gain in points and its standard error, paired over the same held-out pairs.
-
-    Why paired: both models see the same 200-odd pairs, so the pairs both get right (or both wrong)
-    carry no information about the difference; the unpaired error would overstate the noise.
-    """
-    import numpy as np
-
-    diff = np.asarray(ours, dtype=float) - np.asarray(theirs, dtype=float)
-    if diff.size == 0:
-        return 0.0, 0.0
-    se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
-    return 100 * float(diff.mean()), 100 * se
 
 
 def _write_pairs(path: Path, pairs: list) -> Path:

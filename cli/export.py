@@ -82,12 +82,26 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Sequences per onnxruntime run (length-sorted).")] = 32,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 2,
     limit: Annotated[int, typer.Option(help="Evaluate only the first N pairs (0 = all).")] = 0,
+    split_of: Annotated[
+        Path | None,
+        typer.Option(
+            help="Evaluate on the validation split of this `rlhf train-rm` run (re-created from its saved "
+            "config) instead of --data: the honest number for a bundle exported from it."
+        ),
+    ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            help="A second bundle scored on the same pairs; adds the paired accuracy difference (--bundle "
+            "minus this one) with its standard error."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
     """Pairwise accuracy, margin, truncation and length bias of a bundle on preference pairs (onnxruntime)."""
     from service.bundle import BundleError
     from training.reward.data import DataError
-    from training.reward.evaluate import evaluate_bundle
+    from training.reward.evaluate import compare_reports, evaluate_bundle, validation_split
 
     if precision is not None and precision not in PRECISIONS:
         raise typer.BadParameter(
@@ -95,16 +109,29 @@ def eval_command(
         )
     if batch_size < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
+    if split_of is not None and data is not None:
+        raise typer.BadParameter("give --data or --split-of, not both", param_hint="--split-of")
     with refusal("eval", BundleError, DataError):  # a graph the bundle lacks: it names those it has
-        report = evaluate_bundle(
-            bundle,
-            data,
-            cast(Precision | None, precision),
-            batch_size=batch_size,
-            threads=threads,
-            limit=limit,
-        )
-    typer.echo(json.dumps(report.to_dict()) if as_json else report.format_text())
+        pairs = data if split_of is None else validation_split(split_of)
+        reports = [
+            evaluate_bundle(
+                path,
+                pairs,
+                cast(Precision | None, precision),
+                batch_size=batch_size,
+                threads=threads,
+                limit=limit,
+            )
+            for path in ([bundle] if against is None else [bundle, against])
+        ]
+    if against is None:
+        typer.echo(json.dumps(reports[0].to_dict()) if as_json else reports[0].format_text())
+        return
+    paired = compare_reports(reports[1], reports[0])
+    if as_json:
+        typer.echo(json.dumps({"reports": [r.to_dict() for r in reports], "paired": paired.to_dict()}))
+    else:
+        typer.echo("\n\n".join([*(r.format_text() for r in reports), paired.format_text()]))
 
 
 def bench_quant_command(

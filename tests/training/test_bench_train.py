@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bench.train import paired_gain
 from cli.main import app
+from training.reward.diagnostics import paired_gain
 
 
 @pytest.mark.slow

@@ -158,3 +158,36 @@ def test_bench_quant_reports_both_precisions_and_ratios(bundle_dir: Path, data_f
     assert result.pairs == 12 and all(r.pairs_per_s > 0 for r in result.rows)
     assert result.int8_speedup > 0 and result.sorting_speedup_fp32 > 0
     assert "int8 / fp32" in result.format_table()
+
+
+def test_cli_eval_against_reports_the_paired_difference_on_a_runs_validation_split(
+    bundle_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    from training.reward.config import CONFIG_NAME, RewardConfig
+    from training.reward.data import load_pairs, split_pairs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    RewardConfig(data=str(data_file), val_fraction=0.5, seed=3).save(run / CONFIG_NAME)
+    _, val = split_pairs(load_pairs(data_file).pairs, 0.5, 3)
+    other = make_tiny_bundle(tmp_path / "other", seed=1, with_int8=False)
+
+    result = CliRunner().invoke(
+        app, ["eval", "--bundle", str(other), "--against", str(bundle_dir), "--split-of", str(run), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    first, second = out["reports"]
+    assert first["pairs"] == second["pairs"] == len(val) and "validation split" in first["data"]
+    paired = out["paired"]
+    gain = 100 * (first["accuracy"] - second["accuracy"])
+    assert paired["gain_points"] == pytest.approx(gain)
+    assert paired["only_other_right"] - paired["only_reference_right"] == round(gain * len(val) / 100)
+    assert paired["se_points"] >= 0 and "correct" not in first
+
+    text = CliRunner().invoke(app, ["eval", "--bundle", str(other), "--against", str(bundle_dir)])
+    assert text.exit_code == 0 and "paired s.e." in text.output
+    both = CliRunner().invoke(
+        app, ["eval", "--bundle", str(other), "--data", str(data_file), "--split-of", str(run)]
+    )
+    assert both.exit_code != 0 and "not both" in both.output

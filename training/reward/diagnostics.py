@@ -2,6 +2,7 @@
 
     pearson(scores, answer_tokens)                     # does the score follow answer length?
     auroc(pair_uncertainty(u_chosen, u_rejected), wrong)  # does uncertainty flag the pairs it gets wrong?
+    paired_gain(correct_a, correct_b)                  # is model A really more accurate than B here?
 
 Why AUROC: the uncertainty is useful to an RL loop exactly when it is high where the score is
 wrong. AUROC is the probability that a randomly picked wrongly-ranked pair has a higher uncertainty
@@ -12,6 +13,8 @@ Pure numpy, torch-free (`rlhf eval` uses it).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,3 +58,18 @@ def pair_uncertainty(uncertainty_chosen: np.ndarray, uncertainty_rejected: np.nd
     The graph serves a spread per item, not per head, so the spread of the margin itself is not
     available at serving time; the mean of the two is what a trainer can compute from `/score`."""
     return (np.asarray(uncertainty_chosen, dtype=np.float64) + np.asarray(uncertainty_rejected)) / 2.0
+
+
+def paired_gain(ours: Sequence[bool], theirs: Sequence[bool]) -> tuple[float, float]:
+    """Accuracy gain in points and its standard error, paired over the same held-out pairs.
+
+    Why paired: both models see the same 200-odd pairs, so the pairs both get right (or both wrong)
+    carry no information about the difference; the unpaired error would overstate the noise.
+    """
+    if len(ours) != len(theirs):
+        raise ValueError(f"paired comparison needs the same pairs, got {len(ours)} and {len(theirs)} results")
+    diff = np.asarray(ours, dtype=np.float64) - np.asarray(theirs, dtype=np.float64)
+    if diff.size == 0:
+        return 0.0, 0.0
+    se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+    return 100 * float(diff.mean()), 100 * se

@@ -33,8 +33,8 @@ import numpy as np
 from service.bundle import Precision, load_bundle
 from service.onnx_scoring import LENGTH_OUTPUT, UNCERTAINTY_OUTPUT, make_session
 from training.reward.batching import encode_pairs
-from training.reward.data import PreferencePair, load_pairs
-from training.reward.diagnostics import auroc, pair_uncertainty, pearson
+from training.reward.data import LoadReport, PreferencePair, load_pairs
+from training.reward.diagnostics import auroc, pair_uncertainty, paired_gain, pearson
 from training.reward.heads import score_outputs
 from training.reward.length_correction import LengthCorrection, answer_token_counts
 
@@ -71,9 +71,14 @@ class EvalReport:
     margin_auroc: float | None = None  # a small |margin| ranking the wrong pairs: the baseline to beat
     length_head_pearson: float | None = None  # Pearson(length_score, answer tokens) (length head only)
     uncorrected: dict[str, Any] | None = None  # the metrics before the manifest's length correction
+    # which pairs were ranked right, in data order: what a paired comparison of two bundles needs
+    correct: list[bool] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The `--json` object (without the per-pair ``correct`` list, which only comparisons use)."""
+        out = asdict(self)
+        out.pop("correct")
+        return out
 
     def format_text(self) -> str:
         def pct(value: float | None) -> str:
@@ -161,12 +166,13 @@ def evaluate_scores(
         "margin_auroc": None
         if uncertainty is None
         else auroc(-np.abs(chosen_scores - rejected_scores), ~correct),
+        "correct": [bool(c) for c in correct],
     }
 
 
 def evaluate_bundle(
     bundle_dir: str | Path,
-    data: str | Path | None = None,
+    data: str | Path | LoadReport | None = None,
     precision: Precision | None = None,
     batch_size: int = 32,
     threads: int = 2,
@@ -174,6 +180,7 @@ def evaluate_bundle(
 ) -> EvalReport:
     """Verify and load the bundle, score every pair of ``data`` (None = embedded pairs), report.
 
+    ``data`` may also be pairs already loaded (e.g. a run's validation split, `validation_split`).
     ``precision`` None uses the bundle's default (int8 when it shipped). ``limit`` > 0 evaluates only
     the first ``limit`` pairs.
     """
@@ -181,7 +188,7 @@ def evaluate_bundle(
     bundle = load_bundle(bundle_dir)
     chosen_precision = precision or bundle.default_precision()
     model_path = bundle.model_path(chosen_precision)  # BundleError names what is missing
-    report = load_pairs(data)
+    report = data if isinstance(data, LoadReport) else load_pairs(data)
     pairs = report.pairs[:limit] if limit > 0 else report.pairs
     encoder = bundle.encoder()
     chosen, rejected = encode_pairs(encoder, pairs)
@@ -229,3 +236,55 @@ def _length_metrics(
     metrics = evaluate_scores(pairs, scores[:n], scores[n:], [False] * n, (tokens[:n], tokens[n:]))
     keep = ("accuracy", "chosen_longer", "chosen_shorter", "length_pearson", "length_pearson_in_pairs")
     return {k: metrics[k] for k in keep}
+
+
+def validation_split(run_dir: str | Path) -> LoadReport:
+    """The held-out pairs of a `rlhf train-rm` run, re-created from its saved config: the honest data
+    for a bundle exported from that run (the embedded set includes its training pairs)."""
+    from training.reward.data import load_run_split
+
+    _, val = load_run_split(run_dir)
+    return LoadReport(val, source=f"{run_dir} (validation split, {len(val)} pairs)")
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """``other`` against ``reference`` on the same pairs: which one ranks more of them right."""
+
+    reference: str
+    other: str
+    pairs: int
+    gain_points: float  # accuracy(other) - accuracy(reference), in points
+    se_points: float  # its paired standard error
+    only_other_right: int  # pairs the other model ranks right and the reference wrong
+    only_reference_right: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format_text(self) -> str:
+        return (
+            f"paired    {self.other} vs {self.reference}: {self.gain_points:+.1f} ± {self.se_points:.1f}"
+            f" accuracy points (paired s.e., {self.pairs} pairs; right only in the first"
+            f" {self.only_other_right}, only in the second {self.only_reference_right})"
+        )
+
+
+def compare_reports(reference: EvalReport, other: EvalReport) -> PairedComparison:
+    """Paired accuracy difference of two evaluations of the same pairs (same data, same order)."""
+    if reference.data != other.data or len(reference.correct) != len(other.correct):
+        raise ValueError(
+            f"a paired comparison needs the same pairs: {reference.data} ({len(reference.correct)}) vs "
+            f"{other.data} ({len(other.correct)})"
+        )
+    gain, se = paired_gain(other.correct, reference.correct)
+    pairs = list(zip(other.correct, reference.correct, strict=True))
+    return PairedComparison(
+        reference=reference.bundle,
+        other=other.bundle,
+        pairs=len(pairs),
+        gain_points=gain,
+        se_points=se,
+        only_other_right=sum(o and not r for o, r in pairs),
+        only_reference_right=sum(r and not o for o, r in pairs),
+    )
