@@ -178,13 +178,18 @@ def compare_runs(
 def _rescore(runs: Sequence[PolicyRun], gold: GoldScorer) -> tuple[list[PolicyRun], list[str]]:
     """The runs with full questions and every sample's ``gold_score`` from ``gold``, and the notes."""
     groups = [(run.config, samples) for run in runs for samples in (run.before_samples, run.after_samples)]
-    judged, tails = rescore_samples(groups, gold)
+    rescored = rescore_samples(groups, gold)
+    judged, tails, chats = rescored.samples, rescored.tails, rescored.unmatched_chats
     out, notes = [], []
     for i, run in enumerate(runs):
         out.append(dataclasses.replace(run, before_samples=judged[2 * i], after_samples=judged[2 * i + 1]))
         if left := max(tails[2 * i], tails[2 * i + 1]):
             notes.append(f"{run.label}: {left} question(s) not found in the run's prompt source, "
                          f"scored on their last {QUESTION_TAIL} characters")  # fmt: skip
+        if unmatched := max(chats[2 * i], chats[2 * i + 1]):
+            notes.append(f"{run.label}: {unmatched} question(s) shared by chat prompts with different "
+                         "system messages, saved without their messages by an older run: scored as hh "
+                         "text, without a system message")  # fmt: skip
     return out, notes
 
 

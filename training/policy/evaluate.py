@@ -147,7 +147,7 @@ async def evaluate(
                 policy, chunk, per_prompt, max_new_tokens, temperature, top_p, greedy, threads
             )
             chunk_scores = await asyncio.gather(
-                *(score_answers(client, g.prompt.question, g.texts, "raw") for g in groups)
+                *(score_answers(client, g.prompt, g.texts, "raw") for g in groups)
             )
             chunk_gold = await asyncio.to_thread(gold_scores, gold, groups)
             scored = zip(groups, chunk_scores, chunk_gold, strict=True)
@@ -162,6 +162,7 @@ async def evaluate(
                         {
                             "prompt": start + offset,
                             "question": group.prompt.question[-300:],
+                            **_messages_field(group.prompt),
                             "answer": text,
                             "length": int(n),
                             "score": _json_number(float(score)),
@@ -192,6 +193,13 @@ async def evaluate(
         result.gold_prompt_means = _prompt_means(gold_all)
         result.gold_length_pearson = pearson(gold_raw, lengths)
     return result
+
+
+def _messages_field(prompt: Prompt) -> dict[str, Any]:
+    """A chat prompt's whole conversation, which its question (hh text, cut) cannot hold: re-scoring a
+    sample later (`rescore.py`) asks the reward model what it was asked here. Other prompts: nothing,
+    so their rows stay as they were."""
+    return {"messages": prompt.chat()} if prompt.from_chat else {}
 
 
 def _prompt_means(per_prompt: Sequence[np.ndarray]) -> list[float]:

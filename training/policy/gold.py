@@ -2,6 +2,7 @@
 
     gold = GoldScorer.load("bundles/gold", threads=1)
     raw = gold.score(questions, answers)          # float64 [n], exactly what `rlhf serve` would return
+    raw = gold.score_items([(q, a), {"messages": [...]}])   # /score's items: pairs and conversations
     gold.normalize(raw)                           # in the gold's own train-score std
 
 Why: the proxy reward is what the policy climbs, so its rise says little about whether the answers
@@ -13,27 +14,31 @@ a length-corrected one, or one from another base or data, does not (DESIGN.md, "
 must differ where hacking happens"). Its own score-length correlation is reported beside its gain.
 
 Scored with the service's own code, not a second implementation: `service.model.load_model`
-verifies the bundle and runs its canary, the bundle's `PairEncoder` encodes (the same truncation),
-and `LoadedModel.served` turns the graph outputs into the served score (the manifest's length
+verifies the bundle and runs its canary, the bundle's encoder encodes through `service.items` as the
+service's batcher does (the same truncation; a conversation rendered by a `chat` bundle's template,
+read as hh turns by a `pair` bundle), and `LoadedModel.served` turns the graph outputs into the served score (the manifest's length
 correction included). Only the batching is local: pairs are length-sorted into batches of
 ``batch_size``, and a score does not depend on its batch-mates (the canary checks it). torch-free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.encoding import pad_batch
+from service.client import ScoreItem
+from service.conversation import ConversationError, validate_conversation
+from service.encoding import EncodedPair, pad_batch
 from service.errors import InferenceFailed
+from service.items import Item, ItemRefused, PairItem, encode_items
 from service.model import LoadedModel, ModelLoadError, load_model
 from service.onnx_scoring import length_sorted_batches
 from training.policy.errors import GoldError
-from training.policy.scoring import rm_answer
+from training.policy.scoring import rm_item
 
 if TYPE_CHECKING:
     from training.policy.rollout import Group
@@ -64,7 +69,26 @@ class GoldScorer:
 
     def score(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """Served scores [n] float64 of (question, answer) pairs, in input order."""
-        encoded = self.model.encoder.encode(questions, answers)
+        if len(questions) != len(answers):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        return self._score([PairItem(q, a) for q, a in zip(questions, answers, strict=True)])
+
+    def score_items(self, items: Sequence[ScoreItem]) -> np.ndarray:
+        """Served scores [n] float64 of items as `service.client` sends them to ``POST /score``: pairs
+        and ``{"messages": [...]}`` conversations, in input order. A conversation the gold cannot read
+        (broken rules, or refused by its chat template) is a GoldError naming the item."""
+        return self._score([_service_item(i, item) for i, item in enumerate(items)])
+
+    def _score(self, items: Sequence[Item]) -> np.ndarray:
+        try:
+            encoded = encode_items(self.model.encoder, items)
+        except ItemRefused as exc:
+            raise GoldError(f"the gold reward model cannot read item {exc.index}: {exc.reason}") from exc
+        except ConversationError as exc:
+            raise GoldError(f"the gold reward model's encoder refused the items: {exc}") from exc
+        return self._run(encoded)
+
+    def _run(self, encoded: Sequence[EncodedPair]) -> np.ndarray:
         scores = np.empty(len(encoded), dtype=np.float64)
         pad = self.model.encoder.pad_token_id
         for idx in length_sorted_batches([len(pair) for pair in encoded], self.batch_size):
@@ -86,14 +110,23 @@ class GoldScorer:
         return self.model.summary()
 
 
+def _service_item(index: int, item: ScoreItem) -> Item:
+    """A client item as the service's ``/score`` reads it: a pair, or a checked conversation."""
+    if not isinstance(item, Mapping):
+        question, answer = item
+        return PairItem(question, answer)
+    try:
+        return validate_conversation(item.get("messages"))
+    except ConversationError as exc:
+        raise GoldError(f"the gold reward model cannot read item {index}: {exc}") from exc
+
+
 def gold_scores(gold: GoldScorer | None, groups: Sequence[Group]) -> list[np.ndarray]:
     """The gold's raw scores of every group's answers, one array per group (NaN without a gold).
 
-    Asked exactly like the proxy (`training.policy.scoring.rm_answer`), in one call for all groups."""
+    Asked exactly like the proxy (`training.policy.scoring.rm_item`), in one call for all groups."""
     sizes = [len(g.texts) for g in groups]
     if gold is None:
         return [np.full(n, np.nan) for n in sizes]
-    questions = [g.prompt.question for g in groups for _ in g.texts]
-    answers = [rm_answer(text) for g in groups for text in g.texts]
-    flat = gold.score(questions, answers)
+    flat = gold.score_items([rm_item(g.prompt, text) for g in groups for text in g.texts])
     return list(np.split(flat, np.cumsum(sizes)[:-1])) if sizes else []

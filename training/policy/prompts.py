@@ -1,4 +1,4 @@
-"""Prompts for the policy: each one shown to the policy as chat messages and to the RM as raw text.
+"""Prompts for the policy: each one shown to the policy as chat messages, and to the RM as it came.
 
 Default: the questions of the embedded hh-rlhf pairs that the reward model did NOT train on (its
 validation split), so the policy is optimised and evaluated on dialogues the RM has not memorised.
@@ -8,6 +8,12 @@ Two views of one prompt, because the two models were trained on different format
   policy's chat template;
 * ``question``: the raw hh text up to and including the last ``"\\n\\nAssistant:"``, which is what the
   reward model saw as the question during its training.
+
+Which view the reward model is sent (`training.policy.scoring.rm_item`) depends on where the prompt came
+from: hh text and plain strings go as the (question, answer) pair they always were; a prompt given as
+chat messages (``from_chat``) goes as that conversation, because hh text cannot hold its system
+message and the RM should read what the policy answered to (the service renders it per bundle: the
+chat template of a ``chat`` bundle, hh turns for a ``pair`` one).
 
 A prompts file is JSONL with ``{"prompt": str | [messages]}`` or ``{"question": str}`` per line.
 """
@@ -40,7 +46,8 @@ class Prompt:
     """One prompt in the two formats the policy and the reward model expect."""
 
     messages: tuple[tuple[str, str], ...]  # (role, content) chat turns, the last one from the user
-    question: str  # raw hh text ending in "\n\nAssistant:", sent to the RM
+    question: str  # raw hh text ending in "\n\nAssistant:", sent to the RM unless `from_chat`
+    from_chat: bool = False  # given as chat messages: the RM is sent `messages` + the answer instead
 
     def chat(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -108,17 +115,19 @@ def load_prompts_file(path: Path) -> list[Prompt]:
 
 
 def _prompt_from_chat(value: list, where: str) -> Prompt:
-    turns = []
+    turns: list[tuple[str, str]] = []
     for message in value:
         if not (isinstance(message, dict) and isinstance(message.get("content"), str)):
             raise PromptError(f"{where}: chat messages need 'role' and 'content' strings")
         role = message.get("role")
         if role not in ("system", "user", "assistant"):
             raise PromptError(f"{where}: unknown role {role!r}")
+        if role == "system" and turns:  # the service's rule for the conversation the RM is sent
+            raise PromptError(f"{where}: message {len(turns)}: a system message may only come first")
         turns.append((str(role), message["content"]))
     if turns[-1][0] != "user":
         raise PromptError(f"{where}: the last chat message must be from the user")
-    return Prompt(tuple(turns), messages_to_hh(turns))
+    return Prompt(tuple(turns), messages_to_hh(turns), from_chat=True)
 
 
 def heldout_questions(reward_run: Path | None = None) -> list[str]:
@@ -136,6 +145,14 @@ def heldout_questions(reward_run: Path | None = None) -> list[str]:
     if not out:
         raise PromptError("the reward model's validation split has no question it did not train on")
     return out
+
+
+def load_prompts(prompts_file: str | None, reward_run: str | None) -> list[Prompt]:
+    """A run's prompt source: its prompts file, else the held-out hh questions of its reward run (or
+    of the embedded data's default split). The trainer draws from it, and re-scoring reads it back."""
+    if prompts_file:
+        return load_prompts_file(Path(prompts_file))
+    return [prompt_from_hh(q) for q in heldout_questions(Path(reward_run) if reward_run else None)]
 
 
 def _reward_split(reward_run: Path | None) -> tuple[Sequence[PreferencePair], Sequence[PreferencePair]]:

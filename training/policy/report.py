@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 Scale = tuple[float, float]  # (train mean, train std) of a reward model: raw score -> std units
 
@@ -31,10 +32,14 @@ class Sample:
     answer: str
     score: float | None  # raw proxy score (None: not scored)
     gold_score: float | None = None  # raw gold score (None: no gold, or not scored)
+    # a prompt given as chat messages: its (role, content) turns, which the RM was sent with the answer;
+    # None for hh / plain prompts (asked as the question) and in files written before messages were kept
+    messages: tuple[tuple[str, str], ...] | None = None
 
 
 def read_samples(path: Path) -> list[Sample]:
-    """The samples of one evaluation (``eval_<name>_samples.jsonl``), in file order."""
+    """The samples of one evaluation (``eval_<name>_samples.jsonl``), in file order; a row whose
+    ``messages`` are not chat messages is a ValueError naming its line."""
     samples = []
     for index, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         if line.strip():
@@ -46,9 +51,28 @@ def read_samples(path: Path) -> list[Sample]:
                     str(row["answer"]),
                     row.get("score"),
                     row.get("gold_score"),
+                    _messages(row.get("messages"), f"line {index + 1}"),
                 )
             )
     return samples
+
+
+def _messages(value: Any, where: str) -> tuple[tuple[str, str], ...] | None:
+    """A row's ``messages`` ([{"role", "content"}, ...], as `evaluate.py` writes them) as turns."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of chat messages")
+    turns = []
+    for message in value:
+        fields = message if isinstance(message, dict) else {}
+        role, content = fields.get("role"), fields.get("content")
+        if not (isinstance(role, str) and isinstance(content, str)):
+            raise ValueError(
+                f"{where}: every message needs 'role' and 'content' strings, got {message!r:.80}"
+            )
+        turns.append((role, content))
+    return tuple(turns)
 
 
 def phrase_share(samples: Sequence[Sample], phrase: str) -> float:

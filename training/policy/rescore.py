@@ -1,7 +1,7 @@
 """Evaluation samples re-scored by a gold bundle, with the full questions the samples cut.
 
-    judged, tails = rescore_samples([(run_config, samples), ...], GoldScorer.load("bundles/gold"))
-    gold_reading(judged[0], judged[1], gold.score_mean, gold.score_std).gain   # in gold std
+    rescored = rescore_samples([(run_config, samples), ...], GoldScorer.load("bundles/gold"))
+    gold_reading(*rescored.samples[:2], gold.score_mean, gold.score_std).gain   # in gold std
 
 The samples keep only the last ``QUESTION_TAIL`` characters of each question (`evaluate.py`), and the
 earlier turns change a score, so re-scoring the tail would not reproduce what the gold says of the
@@ -9,6 +9,13 @@ answer in its dialogue. The full question is recovered from the run's prompt sou
 `trainer.load_prompt_sets` drew from (its prompts file, or its reward run's held-out split), by that
 tail; a question that cannot be recovered (the source is gone, or the tail ends two questions) is
 scored on its tail, the same way before and after, and counted so the reader is told.
+
+Each sample is asked what the run asked the proxy (`training.policy.scoring.rm_item`): the pair of
+its question and answer, or, for a prompt given as chat messages, that conversation with the answer,
+which the sample keeps (``messages``). Samples of runs that kept no messages get them back from the
+prompt source by their full question when it names one chat prompt; a question shared by chat
+prompts that differ (say, only in their system message) cannot say which, so it is asked as hh text,
+without the system message, and counted so the reader is told.
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,9 +31,9 @@ import numpy as np
 from training.policy.errors import PromptError
 from training.policy.evaluate import paired_standard_error
 from training.policy.gold import GoldScorer
-from training.policy.prompts import heldout_questions, load_prompts_file
+from training.policy.prompts import Prompt, load_prompts
 from training.policy.report import Sample
-from training.policy.scoring import rm_answer
+from training.policy.scoring import rm_item
 from training.reward.data import DataError
 
 QUESTION_TAIL = 300  # characters of the question an evaluation sample keeps (evaluate.py)
@@ -43,28 +49,50 @@ class GoldReading:
     gain_se: float  # paired over prompts
 
 
-def rescore_samples(
-    groups: Sequence[tuple[dict[str, Any], Sequence[Sample]]], gold: GoldScorer
-) -> tuple[list[list[Sample]], list[int]]:
-    """Each (run config, samples) group with full questions and ``gold_score`` from ``gold``; and per
-    group the number of questions left as tails. Each distinct (question, answer) is scored once."""
-    sources: dict[tuple[str, str], list[str] | None] = {}
-    restored, tails = [], []
+@dataclass(frozen=True)
+class Rescored:
+    """Per (run config, samples) group: the samples with full questions and the gold's scores, the
+    distinct questions left as tails, and the chat prompts asked as hh text (`restore_messages`)."""
+
+    samples: list[list[Sample]]
+    tails: list[int]
+    unmatched_chats: list[int]
+
+
+def rescore_samples(groups: Sequence[tuple[dict[str, Any], Sequence[Sample]]], gold: GoldScorer) -> Rescored:
+    """Each (run config, samples) group with full questions, chat messages where they can be known,
+    and ``gold_score`` from ``gold``. Each distinct (question, messages, answer) is scored once."""
+    sources: dict[tuple[str, str], list[Prompt] | None] = {}
+    restored, tails, unmatched = [], [], []
     for config, samples in groups:
         key = (str(config.get("prompts_file")), str(config.get("reward_run")))
         if key not in sources:
-            sources[key] = question_source(config)
-        full, left = restore_questions(samples, sources[key])
+            sources[key] = prompt_source(config)
+        source = sources[key]
+        full, left = restore_questions(samples, None if source is None else [p.question for p in source])
+        full, unknown = restore_messages(full, source)
         restored.append(full)
         tails.append(left)
-    pairs = sorted({(s.question, s.answer) for samples in restored for s in samples})
-    scores = gold.score([q for q, _ in pairs], [rm_answer(a) for _, a in pairs]) if pairs else np.zeros(0)
-    scored = {pair: float(value) for pair, value in zip(pairs, scores, strict=True)}
+        unmatched.append(unknown)
+    asked = {_key(s): rm_item(_prompt_of(s), s.answer) for samples in restored for s in samples}
+    scores = gold.score_items(list(asked.values())) if asked else np.zeros(0)
+    scored = {key: float(value) for key, value in zip(asked, scores, strict=True)}
     judged = [
-        [dataclasses.replace(s, gold_score=_finite_or_none(scored[(s.question, s.answer)])) for s in samples]
+        [dataclasses.replace(s, gold_score=_finite_or_none(scored[_key(s)])) for s in samples]
         for samples in restored
     ]
-    return judged, tails
+    return Rescored(judged, tails, unmatched)
+
+
+def _key(sample: Sample) -> tuple[str, tuple[tuple[str, str], ...] | None, str]:
+    return sample.question, sample.messages, sample.answer
+
+
+def _prompt_of(sample: Sample) -> Prompt | str:
+    """The prompt the run scored the sample's answer to: its chat messages, or its question."""
+    if sample.messages is None:
+        return sample.question
+    return Prompt(sample.messages, sample.question, from_chat=True)
 
 
 def gold_reading(before: Sequence[Sample], after: Sequence[Sample], mean: float, std: float) -> GoldReading:
@@ -83,7 +111,8 @@ def gold_reading(before: Sequence[Sample], after: Sequence[Sample], mean: float,
 def restore_questions(samples: Sequence[Sample], source: Sequence[str] | None) -> tuple[list[Sample], int]:
     """Samples with their full question where the tail names exactly one question of ``source``.
 
-    Returns them and the number of distinct questions left as tails (cut, and not uniquely found)."""
+    Returns them and the number of distinct questions left as tails (cut, and not uniquely found) of
+    samples asked by their question (one that keeps its chat messages is asked by them, whole)."""
     full: dict[str, str | None] = {}
     for tail in {s.question for s in samples}:
         if len(tail) < QUESTION_TAIL:
@@ -92,16 +121,36 @@ def restore_questions(samples: Sequence[Sample], source: Sequence[str] | None) -
             matches = {q for q in source or () if q.endswith(tail)}
             full[tail] = matches.pop() if len(matches) == 1 else None
     restored = [dataclasses.replace(s, question=full[s.question] or s.question) for s in samples]
-    return restored, sum(value is None for value in full.values())
+    return restored, len({s.question for s in samples if s.messages is None and full[s.question] is None})
 
 
-def question_source(config: dict[str, Any]) -> list[str] | None:
-    """The full questions a run drew its evaluation prompts from (`trainer.load_prompt_sets`); None if gone."""
+def restore_messages(samples: Sequence[Sample], source: Sequence[Prompt] | None) -> tuple[list[Sample], int]:
+    """Samples saved without messages (runs written before samples kept them) get the chat messages
+    of the prompt of ``source`` their full question names, when it names exactly one.
+
+    Returns them and the number of distinct questions of chat prompts that could not be told apart
+    (asked as hh text, without their system message)."""
+    views: dict[str, set[tuple[tuple[str, str], ...] | None]] = {}
+    for prompt in source or ():
+        views.setdefault(prompt.question, set()).add(prompt.messages if prompt.from_chat else None)
+    restored, unknown = [], set()
+    for sample in samples:
+        found = views.get(sample.question, set()) if sample.messages is None else set()
+        if found - {None} and len(found) == 1:
+            sample = dataclasses.replace(sample, messages=next(iter(found)))
+        elif found - {None}:
+            unknown.add(sample.question)
+        restored.append(sample)
+    return restored, len(unknown)
+
+
+def prompt_source(config: dict[str, Any]) -> list[Prompt] | None:
+    """The prompts a run drew its evaluation prompts from (`trainer.load_prompt_sets`); None if gone."""
+    prompts_file, reward_run = config.get("prompts_file"), config.get("reward_run")
     try:
-        if config.get("prompts_file"):
-            return [p.question for p in load_prompts_file(Path(str(config["prompts_file"])))]
-        reward_run = config.get("reward_run")
-        return heldout_questions(Path(str(reward_run)) if reward_run else None)
+        return load_prompts(
+            str(prompts_file) if prompts_file else None, str(reward_run) if reward_run else None
+        )
     except (PromptError, DataError, OSError):
         return None
 

@@ -1,11 +1,12 @@
 """Rewards from the scoring service: one group of answers -> one reward per answer, NaN on failure.
 
 The trainer talks to the service only through this module and a :class:`RewardScorer`, in practice
-`service.client.AsyncRewardClient` (retries, backoff, several URLs). Here: what the RM is asked (the
-raw hh question and the answer with the leading space hh answers have), which number becomes the
-reward (the served score, minus ``lambda * uncertainty`` with an uncertainty penalty), and the stop
-rules of the run (too many failed rewards in a step; a different reward-model version; a penalty
-asked of a bundle that serves no uncertainty).
+`service.client.AsyncRewardClient` (retries, backoff, several URLs). Here: what the RM is asked
+(`rm_item`: the raw hh question and the answer with the leading space hh answers have, or, for a
+prompt given as chat messages, the conversation the policy answered, system message included),
+which number becomes the reward (the served score, minus ``lambda * uncertainty`` with an
+uncertainty penalty), and the stop rules of the run (too many failed rewards in a step; a different
+reward-model version; a penalty asked of a bundle that serves no uncertainty).
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.client import ScoreResult
+from integrations.convert import to_messages
+from service.client import ScoreItem, ScoreResult
 from training.policy.errors import RewardModelChanged, TooManyFailedRewards, UncertaintyUnavailable
+from training.policy.prompts import Prompt
 
 
 class RewardScorer(Protocol):
     """What the trainer needs of its reward client: `service.client.AsyncRewardClient`, or a stand-in."""
 
-    async def score(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult:
-        """Scores in input order; NaN where an item could not be scored."""
+    async def score(self, pairs: Sequence[ScoreItem]) -> ScoreResult:
+        """Scores of (question, answer) pairs and ``{"messages": [...]}`` items in input order; NaN
+        where an item could not be scored."""
         ...
 
     async def models(self) -> dict[str, Any]:
@@ -74,6 +78,21 @@ def rm_answer(text: str) -> str:
     return " " + text.strip()
 
 
+def rm_item(prompt: Prompt | str, answer: str) -> ScoreItem:
+    """What the reward model is asked about one answer of the policy to ``prompt``.
+
+    A prompt given as chat messages becomes the conversation the policy answered: its messages,
+    system message included, then the answer as the assistant's (`integrations.convert.to_messages`,
+    the conversion every trainer adapter uses). The service reads it the way its bundle was trained:
+    a ``chat`` bundle through its chat template, a ``pair`` bundle as hh turns (which is the pair
+    below when there is no system message). Any other prompt (hh text, a plain string, or a bare
+    question string) stays the (question, answer) pair the RM was trained on, as before."""
+    if isinstance(prompt, Prompt) and prompt.from_chat:
+        return to_messages(prompt.chat(), answer)
+    question = prompt.question if isinstance(prompt, Prompt) else prompt
+    return (question, rm_answer(answer))
+
+
 def penalized_reward(score: np.ndarray, uncertainty: np.ndarray, penalty: float) -> np.ndarray:
     """``score - penalty * uncertainty`` [n], both in the reward's units (Coste et al. 2023).
 
@@ -86,18 +105,19 @@ def penalized_reward(score: np.ndarray, uncertainty: np.ndarray, penalty: float)
 
 async def score_answers(
     client: RewardScorer,
-    question: str,
+    prompt: Prompt | str,
     answers: Sequence[str],
     reward_key: str,
     uncertainty_penalty: float = 0.0,
     score_std: float = 1.0,
 ) -> Scores:
-    """Score answers to one question. Failures come back NaN, never 0.
+    """Score answers to one prompt (a bare string is an hh / plain question), each asked as `rm_item`
+    says. Failures come back NaN, never 0.
 
     ``score_std``: the served model's train-score std (/v1/models), which puts the raw uncertainty in
     the units of the normalised reward exactly as the service normalises a score."""
     start = time.perf_counter()
-    result = await client.score([(question, rm_answer(a)) for a in answers])
+    result = await client.score([rm_item(prompt, a) for a in answers])
     seconds = time.perf_counter() - start
     raw = np.asarray(result.scores, dtype=np.float64)
     normalized = np.asarray(result.normalized, dtype=np.float64)

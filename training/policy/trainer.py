@@ -38,14 +38,7 @@ from training.policy.gold import GoldScorer, gold_scores
 from training.policy.kl_control import adapted_kl_coef
 from training.policy.plots import plot_policy_curves
 from training.policy.policy import Policy, load_policy, torch_threads
-from training.policy.prompts import (
-    Prompt,
-    PromptSets,
-    build_prompt_sets,
-    heldout_questions,
-    load_prompts_file,
-    prompt_from_hh,
-)
+from training.policy.prompts import Prompt, PromptSets, build_prompt_sets, load_prompts
 from training.policy.rollout import Group, encode_prompt, sample_groups
 from training.policy.scoring import (
     RewardModelInfo,
@@ -77,13 +70,8 @@ class Collected:
 
 def load_prompt_sets(config: PolicyConfig, policy: Policy) -> PromptSets:
     """Prompts file, or the held-out hh questions; filtered by length, split into train / eval."""
-    if config.prompts_file:
-        prompts: list[Prompt] = load_prompts_file(Path(config.prompts_file))
-    else:
-        reward_run = Path(config.reward_run) if config.reward_run else None
-        prompts = [prompt_from_hh(q) for q in heldout_questions(reward_run)]
     return build_prompt_sets(
-        prompts,
+        load_prompts(config.prompts_file, config.reward_run),
         lambda p: int(encode_prompt(policy, p).shape[0]),
         config.max_prompt_tokens,
         config.eval_prompts,
@@ -129,7 +117,7 @@ async def collect(
         groups.extend(chunk)
         for g in chunk:
             scored = score_answers(
-                client, g.prompt.question, g.texts, config.reward_key, config.uncertainty_penalty, score_std
+                client, g.prompt, g.texts, config.reward_key, config.uncertainty_penalty, score_std
             )
             tasks.append(asyncio.create_task(scored))
     t0 = time.perf_counter()
