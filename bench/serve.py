@@ -1,24 +1,35 @@
 """`rlhf bench serve`: throughput and latency of the service against its two reference points, in one run.
 
     nice -n 10 rlhf bench serve --bundle bundles/rm-default --out runs/bench-serve
+    nice -n 10 rlhf bench serve --bundle bundles/my-chat-rm --precision fp32,int8 --no-naive
 
 On the real hh-rlhf length mix (the embedded 2,000 pairs, each dialogue cut into question and answer by
 `training.data.split_hh_dialogue`, so the text measured is the text trained and served), measured one
 after the other on the same machine so the ratios are fair:
 
 1. raw onnxruntime on pre-tokenised, globally length-sorted batches of 32 of the same bundle graph
-   (the engine's limit: no HTTP, no tokenisation, the best possible padding);
+   (the engine's limit: no HTTP, no tokenisation, the best possible padding; `bench.serve_raw`), the
+   pairs encoded by the bundle's own encoder, as the service encodes them;
 2. the service (`python -m service`, a separate process) under closed-loop load at several client
    concurrencies, and open-loop load at half of its peak (p99/p50 must stay ≤ 3);
 3. the service under the load RL trainers really send (`--per-sample`): one pair per request, many
    connections at once (OpenRLHF's agent executor, veRL's reward loop, slime), on each trainer route,
    beside 16-pair requests on 8 connections from the same load generator (`bench.loadgen`: raw
    sockets, pre-encoded requests, so the numbers describe the service; its own CPU is shown too);
-4. a naive FastAPI + transformers server (one forward per request, no cross-request batching).
+   the trainer routes get each sample as the trainer renders it for the bundle (`trainer_sample`);
+4. a naive FastAPI + transformers server (one forward per request, no cross-request batching), for
+   a `pair` bundle only (it reads pairs through the pair template; a `chat` bundle skips it, saying so).
+
+Any bundle: a `pair` cross-encoder or a `chat` decoder (requests are pairs, which the service turns
+into [user, assistant] conversations; token counts are the bundle's encoder's). ``--precision`` takes
+one precision or a list (``fp32,int8``): then raw onnxruntime runs at each, then one service process
+per precision, then raw again, and the summary gives service / raw per precision and int8 / fp32 per
+system (`bench.serve_report`). A precision the bundle lacks (int8 that failed its gate) is skipped
+with the bundle's reason, in the table and in results.jsonl.
 
 Each row also gives pairs per CPU second of the scoring process (from /proc): on a shared machine
 wall-clock speed moves with other people's load, CPU-normalised speed much less. Raw onnxruntime is
-measured before and after the service and the faster run is the reference. Rows with failed
+measured before and after the services and the faster run is the reference. Rows with failed
 requests are shown but never used in a ratio. Prints a markdown table and writes results.jsonl.
 Torch-free: the servers run in their own processes (`bench.procs`); the naive one
 (`bench.naive_server`, same max_length as the bundle) is started only when `--naive` is on.
@@ -35,9 +46,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import httpx
 import numpy as np
@@ -45,11 +56,29 @@ import typer
 
 from bench.loadgen import encode_post, run_closed_loop
 from bench.procs import ServerProcess, free_port, running_server
-from service.bundle import load_bundle
-from service.encoding import Encoder, pad_batch
+from bench.serve_raw import raw_pass
+from bench.serve_report import (
+    REFERENCE,
+    REFERENCE_CONNECTIONS,
+    REFERENCE_PAIRS,
+    Row,
+    report,
+    summarise_run,
+    table,
+    write_results,
+)
+from service.bundle import Bundle, BundleError, Precision, load_bundle
+from service.chat import ChatEncoder
+from service.conversation import ConversationError, pair_to_conversation
+from service.encoding import Encoder
 from training.data import embedded_pairs_path, split_hh_dialogue
 
 NAIVE = "naive FastAPI+transformers"
+NAIVE_CHAT = (
+    "the naive server reads pairs through the tokenizer's pair template, not a chat bundle's chat "
+    "template, so its speed would describe other inputs"
+)
+PRECISIONS = ("auto", "fp32", "int8", "fp16")  # what --precision may list (auto: the bundle's default)
 # one sample per request, in the body each trainer sends (sources named in docs/ and tests/integrations)
 PER_SAMPLE_BODIES: dict[str, Callable[[str, str], dict[str, Any]]] = {
     "score": lambda q, a: {"pairs": [{"question": q, "answer": a}]},
@@ -57,25 +86,6 @@ PER_SAMPLE_BODIES: dict[str, Callable[[str, str], dict[str, Any]]] = {
     "classify": lambda q, a: {"model": "rm", "input": q + a, "use_activation": False},  # veRL (vLLM)
     "slime/reward": lambda q, a: {"prompt": q, "response": a, "label": None},  # slime
 }
-REFERENCE_PAIRS, REFERENCE_CONNECTIONS = 16, 8  # the batched load single-pair requests are compared with
-REFERENCE = f"{REFERENCE_CONNECTIONS} x {REFERENCE_PAIRS} pairs"
-
-
-@dataclass
-class Row:
-    system: str
-    concurrency: str
-    pairs: int
-    seconds: float
-    pairs_per_s: float
-    tokens_per_s: float
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    errors: int = 0
-    first_error: str | None = None
-    pairs_per_cpu_s: float | None = None  # pairs per CPU second of the scoring process: robust to other load
-    service_cpu_s: float | None = None  # CPU seconds the server process spent on the load
-    load_cpu_s: float | None = None  # CPU seconds the load generator spent (same machine, same cores)
 
 
 def load_hh_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
@@ -92,39 +102,66 @@ def load_hh_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
     return pairs[:limit]
 
 
+@dataclass(frozen=True)
+class Precisions:
+    """What ``--precision`` asked for, resolved against the bundle."""
+
+    measured: list[Precision]  # in the order asked, `auto` resolved to the bundle's default, each once
+    skipped: dict[str, str]  # asked, but the bundle has no such graph (int8 failed its gate): why
+    multi: bool  # a list was asked: the summary keys carry their precision
+
+
+def choose_precisions(bundle: Bundle, text: str) -> Precisions:
+    """``"auto"``, ``"int8"``, ``"fp32,int8"`` ... → the graphs to measure; a precision the bundle does
+    not ship is skipped with the bundle's reason, and BadParameter when none is left."""
+    asked = [p.strip() for p in text.split(",") if p.strip()]
+    if not asked or any(p not in PRECISIONS for p in asked):
+        raise typer.BadParameter(
+            f"{text!r}: give one or more of {', '.join(PRECISIONS)}, comma-separated",
+            param_hint="--precision",
+        )
+    resolved = list(
+        dict.fromkeys(bundle.default_precision() if p == "auto" else cast(Precision, p) for p in asked)
+    )
+    measured: list[Precision] = []
+    skipped: dict[str, str] = {}
+    for precision in resolved:
+        try:
+            bundle.model_path(precision)
+            measured.append(precision)
+        except BundleError as exc:  # its message names the precision, why it is missing, what is there
+            skipped[precision] = str(exc)
+    if not measured:
+        raise typer.BadParameter("; ".join(skipped.values()), param_hint="--precision")
+    return Precisions(measured, skipped, multi=len(resolved) > 1)
+
+
+def trainer_sample(encoder: Encoder, question: str, answer: str) -> tuple[str, str]:
+    """(prompt, response) as an RL trainer sends a sample to this bundle's trainer routes.
+
+    A pair bundle: the hh-rlhf text as is (its policy writes hh turns). A chat bundle: the text a policy
+    with the bundle's own chat template renders (this project's setup: SmolLM2 policy, SmolLM2 reward
+    model), the prompt with its generation prompt, the response with the template's end of turn, as
+    OpenRLHF decodes it with special tokens kept. The service reads that text back into the same
+    conversation `/score` makes of the pair, so both score the same tokens. A template that does not
+    render the prompt as the opening of the whole conversation falls back to the hh text.
+    """
+    if not isinstance(encoder, ChatEncoder):
+        return question, answer
+    conversation = pair_to_conversation(question, answer)
+    try:
+        prompt = encoder.template.render(conversation[:-1], add_generation_prompt=True)
+        whole = encoder.render(conversation)
+    except ConversationError:
+        return question, answer
+    if not whole.startswith(prompt):
+        return question, answer
+    return prompt, whole[len(prompt) :].rstrip()
+
+
 def token_count(encoder: Encoder, pairs: Sequence[tuple[str, str]]) -> int:
     """Tokens of ``pairs`` after the bundle's truncation: what the scoring actually processes."""
     return sum(len(e) for e in encoder.encode([q for q, _ in pairs], [a for _, a in pairs]))
-
-
-def raw_onnxruntime(bundle_dir: Path, precision: str, pairs: Sequence[tuple[str, str]], threads: int) -> Row:
-    """The engine's limit: length-sorted, pre-tokenised, pre-padded batches of 32, session.run only."""
-    # onnxruntime loads only when a benchmark runs, so `rlhf --help` stays fast
-    from service.backend import OnnxBackend
-    from service.model import choose_precision
-
-    bundle = load_bundle(bundle_dir)
-    chosen = choose_precision(bundle, precision)  # type: ignore[arg-type]
-    backend = OnnxBackend(bundle.model_path(chosen), bundle.manifest.input_names, threads)
-    encoder = bundle.encoder()
-    encoded = sorted(encoder.encode([q for q, _ in pairs], [a for _, a in pairs]), key=len)
-    batches = [pad_batch(encoded[i : i + 32], encoder.pad_token_id) for i in range(0, len(encoded), 32)]
-    backend.score(batches[0])  # warm-up
-    started, cpu = time.perf_counter(), time.process_time()
-    for batch in batches:
-        backend.score(batch)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    tokens = sum(len(e) for e in encoded)
-    name = f"raw onnxruntime ({chosen}, sorted x32)"
-    return Row(
-        name,
-        "-",
-        len(pairs),
-        seconds,
-        len(pairs) / seconds,
-        tokens / seconds,
-        pairs_per_cpu_s=len(pairs) / cpu,
-    )
 
 
 def requests_of(pairs: Sequence[tuple[str, str]], size: int) -> list[dict[str, Any]]:
@@ -182,7 +219,10 @@ async def open_loop(url: str, bodies: list[dict[str, Any]], rate_rps: float) -> 
         return time.perf_counter() - started, latencies, errors
 
 
-def row(system: str, concurrency: str, pairs: int, tokens: int, result: Measured, cpu: float) -> Row:
+def row(
+    system: str, concurrency: str, pairs: int, tokens: int, result: Measured, cpu: float,
+    precision: str | None = None,
+) -> Row:  # fmt: skip
     """A measurement; one with errors is shown but never used in a ratio (its speed would be a lie)."""
     seconds, latencies, errors = result
     p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
@@ -192,31 +232,13 @@ def row(system: str, concurrency: str, pairs: int, tokens: int, result: Measured
             f"warning: {system} at {concurrency}: {len(errors)} failed requests, e.g. {first}", err=True
         )
     measured = Row(
-        system, concurrency, pairs, seconds, pairs / seconds, tokens / seconds, float(p50), float(p99)
-    )
+        system, concurrency, pairs, seconds, pairs / seconds, tokens / seconds, float(p50), float(p99),
+        precision=precision,
+    )  # fmt: skip
     measured.errors, measured.first_error = len(errors), first
     measured.pairs_per_cpu_s = pairs / cpu if cpu > 0 else None
     measured.service_cpu_s = cpu
     return measured
-
-
-def table(rows: Sequence[Row]) -> str:
-    lines = [
-        "| system | clients | pairs | pairs/s | tokens/s | pairs/CPU-s | p50 ms | p99 ms | errors "
-        "| server CPU-s | load CPU-s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-
-    def cell(value: float | None, digits: int) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    for r in rows:
-        lines.append(
-            f"| {r.system} | {r.concurrency} | {r.pairs} | {r.pairs_per_s:.1f} | {r.tokens_per_s:.0f} "
-            f"| {cell(r.pairs_per_cpu_s, 1)} | {cell(r.p50_ms, 0)} | {cell(r.p99_ms, 0)} | {r.errors} "
-            f"| {cell(r.service_cpu_s, 1)} | {cell(r.load_cpu_s, 1)} |"
-        )
-    return "\n".join(lines)
 
 
 def measured_row(
@@ -226,11 +248,13 @@ def measured_row(
     pairs: int,
     tokens: int,
     load: Coroutine[Any, Any, Measured],
+    precision: str | None = None,
 ) -> Row:
-    """Run one load against ``server``, timing the CPU seconds it and this process spent; print the row."""
+    """Run one load against ``server`` (serving ``precision``), timing the CPU seconds it and this
+    process spent; print the row."""
     cpu, own = server.cpu_seconds(), time.process_time()
     result = asyncio.run(load)
-    measured = row(system, label, pairs, tokens, result, server.cpu_seconds() - cpu)
+    measured = row(system, label, pairs, tokens, result, server.cpu_seconds() - cpu, precision)
     measured.load_cpu_s = time.process_time() - own
     typer.echo(table([measured]))
     return measured
@@ -251,19 +275,22 @@ def service_env(
 
 
 def load_service(
-    server: ServerProcess, work: Sequence[tuple[str, str]], tokens: int, levels: list[int], request_pairs: int
-) -> list[Row]:
+    server: ServerProcess, work: Sequence[tuple[str, str]], tokens: int, levels: list[int], request_pairs: int,
+    precision: str | None = None,
+) -> list[Row]:  # fmt: skip
     """Closed loop at each client count, then open loop (Poisson arrivals) at half the peak reached."""
     asyncio.run(closed_loop(server.url, requests_of(work[:64], request_pairs), 4))  # warm-up
     bodies = requests_of(work, request_pairs)
-    rows = [
-        measured_row(server, "service", str(level), len(work), tokens, closed_loop(server.url, bodies, level))
-        for level in levels
-    ]
+
+    def measure(label: str, load: Coroutine[Any, Any, Measured]) -> Row:
+        return measured_row(server, "service", label, len(work), tokens, load, precision)
+
+    rows = [measure(str(level), closed_loop(server.url, bodies, level)) for level in levels]
     peak = max(r.pairs_per_s for r in rows)
-    load = open_loop(server.url, bodies, 0.5 * peak / request_pairs)
     rows.append(
-        measured_row(server, "service", f"open loop {0.5 * peak:.0f} pairs/s", len(work), tokens, load)
+        measure(
+            f"open loop {0.5 * peak:.0f} pairs/s", open_loop(server.url, bodies, 0.5 * peak / request_pairs)
+        )
     )
     return rows
 
@@ -281,12 +308,13 @@ def raw_load_row(
     tokens: int,
     requests: list[bytes],
     connections: int,
+    precision: str | None = None,
 ) -> Row:
     """One closed-loop run of pre-encoded ``requests`` from `bench.loadgen`; print the row at once."""
     cpu = server.cpu_seconds()
     result = run_closed_loop(*host_port(server.url), requests, connections)
     measured = row(system, label, pairs, tokens, (result.seconds, result.latencies, result.errors),
-                   server.cpu_seconds() - cpu)  # fmt: skip
+                   server.cpu_seconds() - cpu, precision)  # fmt: skip
     measured.load_cpu_s = result.cpu_seconds
     typer.echo(table([measured]))
     return measured
@@ -294,10 +322,11 @@ def raw_load_row(
 
 def per_sample_phase(
     server: ServerProcess, work: Sequence[tuple[str, str]], encoder: Encoder, levels: list[int],
-    routes: list[str], n_pairs: int,
+    routes: list[str], n_pairs: int, precision: str | None = None,
 ) -> list[Row]:  # fmt: skip
     """One pair per request on each route at each connection count, after the batched reference
-    (REFERENCE_PAIRS per request on REFERENCE_CONNECTIONS connections), all from the same generator."""
+    (REFERENCE_PAIRS per request on REFERENCE_CONNECTIONS connections), all from the same generator.
+    Each trainer route is sent the sample as that trainer renders it for this bundle (`trainer_sample`)."""
     host, port = host_port(server.url)
     pairs = [work[i % len(work)] for i in range(n_pairs)]  # the hh mix, cycled up to n_pairs
     tokens = token_count(encoder, pairs)
@@ -308,32 +337,19 @@ def per_sample_phase(
     run_closed_loop(host, port, encoded("/score", requests_of(pairs[:64], 1)), 8)  # warm-up
     reference = encoded("/score", requests_of(pairs, REFERENCE_PAIRS))
     rows = [
-        raw_load_row(server, "service /score", REFERENCE, n_pairs, tokens, reference, REFERENCE_CONNECTIONS)
-    ]
+        raw_load_row(server, "service /score", REFERENCE, n_pairs, tokens, reference, REFERENCE_CONNECTIONS,
+                     precision)
+    ]  # fmt: skip
+    rendered = [trainer_sample(encoder, q, a) for q, a in pairs]
     for route in routes:
-        requests = encoded(f"/{route}", [PER_SAMPLE_BODIES[route](q, a) for q, a in pairs])
+        samples = pairs if route == "score" else rendered  # /score takes pairs, whatever the bundle
+        requests = encoded(f"/{route}", [PER_SAMPLE_BODIES[route](q, a) for q, a in samples])
         for level in levels:
+            label = f"{level} x 1 pair"
             rows.append(
-                raw_load_row(
-                    server, f"service /{route}", f"{level} x 1 pair", n_pairs, tokens, requests, level
-                )
+                raw_load_row(server, f"service /{route}", label, n_pairs, tokens, requests, level, precision)
             )
     return rows
-
-
-def per_sample_ratios(rows: Sequence[Row]) -> dict[str, float]:
-    """Pairs per server CPU-second of each single-pair row over the batched reference's (NaN if unclean)."""
-    reference = next((r for r in rows if r.system == "service /score" and r.concurrency == REFERENCE), None)
-    if reference is None:
-        return {}
-    base = reference.pairs_per_cpu_s if reference.errors == 0 and reference.pairs_per_cpu_s else float("nan")
-    return {
-        f"{r.system} {r.concurrency} / {REFERENCE}, per server CPU-s": (
-            r.pairs_per_cpu_s / base if r.errors == 0 and r.pairs_per_cpu_s else float("nan")
-        )
-        for r in rows
-        if r.concurrency.endswith(" x 1 pair")
-    }
 
 
 def run_naive(
@@ -363,66 +379,15 @@ def run_naive(
         ]
 
 
-def summarise(rows: Sequence[Row]) -> dict[str, float]:
-    """The ratios the targets name, from rows without failed requests (NaN where a side is missing)."""
-    clean = [r for r in rows if r.errors == 0]
-    raw = max(r.pairs_per_s for r in clean if r.system.startswith("raw"))
-    peak = max(
-        (r.pairs_per_s for r in clean if r.system == "service" and not r.concurrency.startswith("open")),
-        default=float("nan"),
-    )
-    naive_peak = max((r.pairs_per_s for r in clean if r.system.startswith("naive")), default=float("nan"))
-    half = next(r for r in rows if r.concurrency.startswith("open"))
-
-    def best_cpu(match: Callable[[str], bool]) -> float:
-        values = [r.pairs_per_cpu_s for r in clean if match(r.system) and r.pairs_per_cpu_s]
-        return max(values, default=float("nan"))
-
-    service = best_cpu(lambda system: system == "service")  # the httpx-loaded rows (per-sample: own ratios)
-    return {
-        "service_vs_raw": peak / raw,
-        "service_vs_naive": peak / naive_peak,
-        "p99_over_p50_at_half_load": (half.p99_ms or 0) / (half.p50_ms or 1),
-        "service_vs_raw_per_cpu_s": service / best_cpu(lambda system: system.startswith("raw")),
-        "service_vs_naive_per_cpu_s": service / best_cpu(lambda system: system.startswith("naive")),
-    }
-
-
-def report(rows: Sequence[Row], summary: dict[str, float]) -> str:
-    """The markdown table of every row, then each ratio next to its target."""
-    lines = [
-        f"service peak / raw onnxruntime: {summary['service_vs_raw']:.2f}x (target >= 0.9)",
-        f"service peak / naive peak: {summary['service_vs_naive']:.2f}x (target >= 3)",
-        f"p99 / p50 at half of peak load: {summary['p99_over_p50_at_half_load']:.2f} (target <= 3)",
-        f"per CPU second (robust to other load on a shared machine): service / raw "
-        f"{summary['service_vs_raw_per_cpu_s']:.2f}x, service / naive "
-        f"{summary['service_vs_naive_per_cpu_s']:.2f}x",
-    ]
-    lines += [
-        f"{name}: {value:.2f}x (target >= 0.95 at the most connections)"
-        for name, value in summary.items()
-        if name.endswith("per server CPU-s")
-    ]
-    return table(rows) + "\n\n" + "\n".join(lines)
-
-
-def write_results(
-    out: Path, text: str, rows: Sequence[Row], summary: dict[str, float], request_pairs: int, threads: int
-) -> None:
-    """OUT/table.md (what was printed) and OUT/results.jsonl (one line per row, then the summary)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(text + "\n", encoding="utf-8")
-    with (out / "results.jsonl").open("w", encoding="utf-8") as handle:
-        for r in rows:
-            handle.write(json.dumps(asdict(r)) + "\n")
-        handle.write(
-            json.dumps({"summary": summary, "request_pairs": request_pairs, "threads": threads}) + "\n"
-        )
-
-
 def bench_serve_command(
     bundle: Annotated[Path, typer.Option(help="bundle directory")] = Path("bundles/rm-default"),
-    precision: Annotated[str, typer.Option(help="auto | fp32 | int8 (auto = int8 if shipped)")] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto | fp32 | int8, or a comma-separated list measured in one run (fp32,int8); "
+            "auto = int8 if shipped; a precision the bundle lacks is skipped with its reason"
+        ),
+    ] = "auto",
     threads: Annotated[int, typer.Option(help="onnxruntime / torch intra-op threads")] = 2,
     pairs: Annotated[int, typer.Option(help="hh-rlhf pairs per measurement")] = 384,
     concurrency: Annotated[str, typer.Option(help="client concurrencies, comma-separated")] = "1,4,16",
@@ -455,7 +420,8 @@ def bench_serve_command(
         "runs/bench-serve"
     ),
 ) -> None:
-    """Service vs raw onnxruntime vs naive per-request server on the hh-rlhf length mix."""
+    """Service vs raw onnxruntime vs naive per-request server on the hh-rlhf length mix, at one precision
+    or several in one run (``--precision fp32,int8``)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally`s: stop the servers
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     sample_levels = [int(c) for c in per_sample_concurrency.split(",") if c.strip()]
@@ -463,34 +429,48 @@ def bench_serve_command(
     unknown = sorted(set(routes) - set(PER_SAMPLE_BODIES))
     if unknown:
         raise typer.BadParameter(f"unknown routes {unknown}; known: {', '.join(PER_SAMPLE_BODIES)}")
+    try:
+        loaded = load_bundle(bundle)
+    except BundleError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--bundle") from exc
+    choice = choose_precisions(loaded, precision)
+    skipped = dict(choice.skipped)
+    for what, why in skipped.items():
+        typer.echo(f"{what} not measured: {why}", err=True)
+    encoder = loaded.encoder()
+    if naive and encoder.input_format != "pair":
+        skipped["naive"] = NAIVE_CHAT
+        naive = False
     data_pairs = load_hh_pairs(data or embedded_pairs_path(), max(pairs, naive_pairs), seed=0)
     work = data_pairs[:pairs]
-    encoder = load_bundle(bundle).encoder()
     tokens = token_count(encoder, work)
-    typer.echo(f"{len(work)} pairs, {tokens / len(work):.0f} tokens/pair on average (after truncation)")
+    typer.echo(
+        f"{len(work)} pairs, {tokens / len(work):.0f} tokens/pair on average (after truncation), "
+        f"{encoder.input_format} format, precision {', '.join(choice.measured)}"
+    )
 
-    # 1. raw onnxruntime, measured before and after the service (the machine may be shared): the
+    # 1. raw onnxruntime, measured before and after the services (the machine may be shared): the
     # faster of the two is the reference, which can only make the service's ratio look worse
-    rows: list[Row] = [raw_onnxruntime(bundle, precision, work, threads)]
-    typer.echo(table(rows[-1:]))
+    rows = raw_pass(bundle, choice.measured, work, threads)
 
-    # 2. the service in its own process, closed then open loop
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    # 2. the service in its own process per precision: closed then open loop, then (3.) one pair per
+    # request, as the trainers send it
     knobs = {
         "RLHF_MAX_BATCH_TOKENS": max_batch_tokens, "RLHF_SUBBATCH_TOKENS": subbatch_tokens,
         "RLHF_MAX_BATCH_PAIRS": max_batch_pairs, "RLHF_BATCH_WAIT_MS": batch_wait_ms,
         "RLHF_MAX_PADDING_RATIO": max_padding_ratio,
     }  # fmt: skip
     queue = max(2048, max(levels) * request_pairs * 2, max(sample_levels, default=0) * REFERENCE_PAIRS)
-    env = service_env(bundle, precision, threads, port, queue, knobs)
-    with running_server([sys.executable, "-m", "service"], url, env) as service:
-        rows += load_service(service, work, tokens, levels, request_pairs)
-        # 3. one pair per request, as the trainers send it
-        if per_sample:
-            rows += per_sample_phase(service, work, encoder, sample_levels, routes, per_sample_pairs)
-    rows.append(raw_onnxruntime(bundle, precision, work, threads))
-    typer.echo(table(rows[-1:]))
+    for chosen in choice.measured:
+        port = free_port()
+        env = service_env(bundle, chosen, threads, port, queue, knobs)
+        with running_server([sys.executable, "-m", "service"], f"http://127.0.0.1:{port}", env) as service:
+            rows += load_service(service, work, tokens, levels, request_pairs, chosen)
+            if per_sample:
+                rows += per_sample_phase(
+                    service, work, encoder, sample_levels, routes, per_sample_pairs, chosen
+                )
+    rows += raw_pass(bundle, choice.measured, work, threads)
 
     # 4. the naive per-request server
     if naive:
@@ -500,7 +480,8 @@ def bench_serve_command(
         )
 
     # 5. ratios against their targets, printed and written
-    summary = {**summarise(rows), **per_sample_ratios(rows)}
-    text = report(rows, summary)
+    summary = summarise_run(rows, choice.measured, choice.multi)
+    text = report(rows, summary, choice.measured if choice.multi else (), skipped)
     typer.echo("\n" + text)
-    write_results(out, text, rows, summary, request_pairs, threads)
+    extra = {"precisions": choice.measured, "skipped": skipped, "input_format": encoder.input_format}
+    write_results(out, text, rows, summary, request_pairs, threads, extra)

@@ -11,17 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench.procs import ServerProcess, free_port, running_server
-from bench.serve import (
-    PER_SAMPLE_BODIES,
-    REFERENCE,
-    load_hh_pairs,
-    per_sample_phase,
-    per_sample_ratios,
-    report,
-    service_env,
-    summarise,
-    table,
-)
+from bench.serve import PER_SAMPLE_BODIES, load_hh_pairs, per_sample_phase, service_env
+from bench.serve_report import REFERENCE, per_sample_ratios, report, summarise, table
 from service.bundle import load_bundle
 from tests.bundle_factory import make_tiny_bundle
 from training.data import embedded_pairs_path
