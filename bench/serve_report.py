@@ -16,6 +16,7 @@ shown but never used in a ratio (their speed would be a lie): a ratio with no cl
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -164,12 +165,15 @@ def _ratio_lines(summary: dict[str, float], suffix: str) -> list[str]:
     def get(key: str) -> float:
         return summary.get(key + suffix, float("nan"))
 
+    naive = not math.isnan(get("service_vs_naive"))  # --no-naive, or a chat bundle: no naive row
+    per_cpu = f"service / raw {get('service_vs_raw_per_cpu_s'):.2f}x" + (
+        f", service / naive {get('service_vs_naive_per_cpu_s'):.2f}x" if naive else ""
+    )
     lines = [
         f"service peak / raw onnxruntime: {get('service_vs_raw'):.2f}x (target >= 0.9)",
-        f"service peak / naive peak: {get('service_vs_naive'):.2f}x (target >= 3)",
+        *([f"service peak / naive peak: {get('service_vs_naive'):.2f}x (target >= 3)"] if naive else []),
         f"p99 / p50 at half of peak load: {get('p99_over_p50_at_half_load'):.2f} (target <= 3)",
-        f"per CPU second (robust to other load on a shared machine): service / raw "
-        f"{get('service_vs_raw_per_cpu_s'):.2f}x, service / naive {get('service_vs_naive_per_cpu_s'):.2f}x",
+        f"per CPU second (robust to other load on a shared machine): {per_cpu}",
     ]
     return lines + [
         f"{name.removesuffix(suffix)}: {value:.2f}x (target >= 0.95 at the most connections)"

@@ -78,6 +78,11 @@ def test_one_precision_keeps_its_keys_and_a_list_summarises_each_and_between() -
     assert "[int8] service peak / raw onnxruntime: 0.95x" in text
     assert "int8 / fp32 pairs/s: raw onnxruntime 2.00x (2.00x per CPU-s), service peak 2.11x" in text
     assert "naive not measured: not today" in text
+    assert "[int8] service peak / naive peak: 9.50x" in text  # a naive row: its ratio is shown
+
+    without_naive = summarise_run([*fp32, *int8], ["fp32", "int8"], multi=True)
+    text = report([*fp32, *int8], without_naive, ["fp32", "int8"])
+    assert "naive" not in text and "nan" not in text  # no naive row: no line about it
 
 
 def test_a_failed_row_is_never_a_side_of_a_ratio() -> None:
