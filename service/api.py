@@ -1,10 +1,11 @@
 """HTTP routes. They validate, check limits, and await the batcher; they never touch the model.
 
 Here: our own API (`/score` and `/score/groups`, which take pairs and conversations alike:
-docs/api.md; probes, metrics, models, reload); the routes in the
-trainers' own protocols (OpenRLHF, veRL/vLLM, SGLang, slime) are written in service/trainers.py and
-registered on this router, the app's one router. Every scoring response names the model that
-produced it (body `model` and X-Model-* headers), so a trainer notices a reload between two calls.
+docs/api.md; probes, metrics, models, reload); the routes in the trainers' own protocols (OpenRLHF,
+veRL/vLLM, SGLang, slime) are written in service/trainers.py. :func:`register` adds them all to the
+app's one router, so every path the app serves is listed in one place. Every scoring response names
+the model that produced it (body `model` and X-Model-* headers), so a trainer notices a reload
+between two calls.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from service import trainers
 from service.auth import require_admin_key, require_api_key
 from service.batcher import Scored
 from service.conversation import Message
-from service.dependencies import StateDep
+from service.dependencies import StateDep, state_of
 from service.errors import NotReady
 from service.items import Item, PairItem
 from service.metrics import CONTENT_TYPE
@@ -39,8 +40,6 @@ from service.schemas import (
 )
 from service.state import PrecisionChoice
 from service.submit import ERRORS, conversation_item, model_headers, model_ref, score_items
-
-router = APIRouter()
 
 
 def uncertainty_lists(
@@ -74,10 +73,7 @@ class _Items:
         return [Message(m.role, m.content) for m in messages]
 
 
-@router.post(
-    "/score", response_model=ScoreResponse, responses=ERRORS, dependencies=[Depends(require_api_key)]
-)
-async def score(body: ScoreRequest, request: Request, response: Response, state: StateDep) -> ScoreResponse:
+async def score(body: ScoreRequest, request: Request, response: Response) -> ScoreResponse:
     """Score (question, answer) pairs and conversations (`{"messages": [...]}`); same order as the input."""
     batch = _Items()
     for i, entry in enumerate(body.pairs):
@@ -88,7 +84,7 @@ async def score(body: ScoreRequest, request: Request, response: Response, state:
         else:
             at = f"pairs[{i}].messages"
             batch.conversation(batch.messages(entry.messages, at), at)
-    scored = await score_items(request, state, batch.items, batch.where, batch.fields)
+    scored = await score_items(request, state_of(request), batch.items, batch.where, batch.fields)
     model_headers(response, scored)
     uncertainty, uncertainty_normalized = uncertainty_lists(scored)
     return ScoreResponse(
@@ -110,12 +106,7 @@ def group_baselines(scores: np.ndarray) -> tuple[float, np.ndarray]:
     return total / n, (total - scores) / (n - 1)
 
 
-@router.post(
-    "/score/groups", response_model=GroupsResponse, responses=ERRORS, dependencies=[Depends(require_api_key)]
-)
-async def score_groups(
-    body: GroupsRequest, request: Request, response: Response, state: StateDep
-) -> GroupsResponse:
+async def score_groups(body: GroupsRequest, request: Request, response: Response) -> GroupsResponse:
     """Several answers per question (or per conversation), plus within-group baselines and advantages."""
     sizes = [len(g.answers) for g in body.groups]
     batch = _Items()
@@ -130,7 +121,7 @@ async def score_groups(
             batch.fields += answers
             for at, answer in answers:
                 batch.conversation([*history, Message("assistant", answer)], at)
-    scored = await score_items(request, state, batch.items, batch.where, batch.fields)
+    scored = await score_items(request, state_of(request), batch.items, batch.where, batch.fields)
     model_headers(response, scored)
     normalized = scored.model.normalize(scored.scores)
     results = []
@@ -156,20 +147,17 @@ async def score_groups(
     return GroupsResponse(groups=results, model=model_ref(scored))
 
 
-@router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"model": ErrorResponse}})
 async def readyz(state: StateDep) -> dict[str, object]:
     """Readiness: a bundle is loaded and its canary forward pass succeeded; 503 while draining."""
     model = state.current_model()
     return {"status": "ready", "model": {"name": model.name, "version": model.version}}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)  # documents text/plain in the schema
 async def metrics(state: StateDep) -> Response:
     """Prometheus text format."""
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)
@@ -187,7 +175,6 @@ def model_summary(model: LoadedModel) -> dict[str, object]:
     }
 
 
-@router.get("/v1/models", responses=ERRORS, dependencies=[Depends(require_api_key)])
 async def models(state: StateDep) -> dict[str, object]:
     """The loaded bundle's manifest summary (OpenAI-style list with one entry)."""
     model = state.model
@@ -196,12 +183,6 @@ async def models(state: StateDep) -> dict[str, object]:
     return {"object": "list", "data": [model_summary(model)]}
 
 
-@router.post(
-    "/admin/reload",
-    response_model=ReloadResponse,
-    responses=ERRORS,
-    dependencies=[Depends(require_admin_key)],
-)
 async def reload(body: ReloadRequest, state: StateDep) -> JSONResponse:
     """Load another bundle (under RLHF_BUNDLE_ROOT); on any failure the old model keeps serving."""
     precision = cast(PrecisionChoice | None, body.precision)
@@ -211,4 +192,29 @@ async def reload(body: ReloadRequest, state: StateDep) -> JSONResponse:
     return JSONResponse(content.model_dump(mode="json"), headers=headers)
 
 
-trainers.register(router)  # the trainers' protocols: service/trainers.py
+def register(router: APIRouter) -> None:
+    """Add every route of the service to `router`: `create_app` passes the app's own router. Not
+    `app.include_router`: FastAPI (>= 0.16x) then matches every request through the included router's
+    wrapper, a cost paid per request that single-pair load (RL trainers) pays per pair."""
+    scoring = [Depends(require_api_key)]
+    router.add_api_route(
+        "/score", score, methods=["POST"], response_model=ScoreResponse, responses=ERRORS, dependencies=scoring
+    )  # fmt: skip
+    router.add_api_route(
+        "/score/groups", score_groups, methods=["POST"], response_model=GroupsResponse, responses=ERRORS,
+        dependencies=scoring,
+    )  # fmt: skip
+    router.add_api_route("/healthz", healthz, methods=["GET"])
+    router.add_api_route("/readyz", readyz, methods=["GET"], responses={503: {"model": ErrorResponse}})
+    # response_class documents text/plain in the schema
+    router.add_api_route("/metrics", metrics, methods=["GET"], response_class=PlainTextResponse)
+    router.add_api_route("/v1/models", models, methods=["GET"], responses=ERRORS, dependencies=scoring)
+    router.add_api_route(
+        "/admin/reload", reload, methods=["POST"], response_model=ReloadResponse, responses=ERRORS,
+        dependencies=[Depends(require_admin_key)],
+    )  # fmt: skip
+    trainers.register(router)  # the trainers' protocols: service/trainers.py
+
+
+router = APIRouter()  # every route, for what lists them without building an app (deploy's checks)
+register(router)

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.api import router
+from service import api
 from service.errors import RoutingFailed, ServiceError, ValidationFailed, error_response
 from service.limits import BodyLimitMiddleware
 from service.metrics import ServiceMetrics
@@ -64,10 +64,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = state  # read by `service.dependencies`, the routes' one way to the state
-    app.include_router(router)
+    api.register(app.router)  # on the app's own router: see `service.api.register`
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=state.metrics)
-    # app.routes has the docs routes but wraps the included router (FastAPI >= 0.16x): list both
-    known_paths = frozenset(p for r in (*app.routes, *router.routes) if (p := getattr(r, "path", None)))
+    known_paths = frozenset(p for r in app.routes if (p := getattr(r, "path", None)))
     # added last = outermost: sees every response
     app.add_middleware(RequestMetricsMiddleware, state=state, known_paths=known_paths)
     _install_error_handlers(app, state.metrics)

@@ -1,8 +1,10 @@
 """Bearer-token checks (constant-time). Scoring routes use RLHF_API_KEY; /admin/* uses RLHF_ADMIN_KEY,
 falling back to RLHF_API_KEY when no admin key is set. With no key configured a route is open (local use).
 
-Both checks are FastAPI dependencies that receive the settings (`SettingsDep`), so they read the keys
-of the app that serves the request and nothing else.
+Both checks are FastAPI dependencies that read the settings of the app serving the request
+(`service.dependencies.state_of`) and nothing else. They run before the body is validated, so a request
+without the key learns nothing about what a valid body is. They are ``async def`` and take only the
+request, for the reasons `service.dependencies` gives (no thread hop, one dependency per request).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hmac
 from fastapi import Request
 from pydantic import SecretStr
 
-from service.dependencies import SettingsDep
+from service.dependencies import state_of
 from service.errors import Unauthorized
 
 
@@ -27,12 +29,13 @@ def _check(request: Request, key: SecretStr | None, what: str) -> None:
         raise Unauthorized(f"wrong {what}")
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+async def require_api_key(request: Request) -> None:
     """FastAPI dependency for scoring routes."""
-    _check(request, settings.api_key, "API key (RLHF_API_KEY)")
+    _check(request, state_of(request).settings.api_key, "API key (RLHF_API_KEY)")
 
 
-def require_admin_key(request: Request, settings: SettingsDep) -> None:
+async def require_admin_key(request: Request) -> None:
     """FastAPI dependency for /admin routes."""
+    settings = state_of(request).settings
     key = settings.admin_key if settings.admin_key is not None else settings.api_key
     _check(request, key, "admin key (RLHF_ADMIN_KEY)")

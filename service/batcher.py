@@ -1,8 +1,9 @@
 """Dynamic batching across requests: the reason the service is fast.
 
 One asyncio task owns the queue. A request is *admitted* (or refused at once with `Overloaded` when the
-pairs admitted and not yet answered would exceed `max_queue_pairs`), tokenised in one batched Rust call
-per kind of item (pairs, conversations: `service.items`) in a worker thread, and queued. The task then loops:
+pairs admitted and not yet answered would exceed `max_queue_pairs`), tokenised off the event loop by
+the tokenizer thread, in batch with the other requests that arrived meanwhile
+(`service.tokenizer_thread`), and queued. The task then loops:
 
     wait for a first item → gather for at most `batch_wait` or until `max_batch_tokens` real tokens wait
     → drop items whose client went away → group by model (a reload never re-scores in-flight requests
@@ -32,9 +33,10 @@ import numpy as np
 
 from service.encoding import EncodedPair, pad_batch
 from service.errors import Draining, InferenceFailed, Overloaded
-from service.items import Item, PairItem, answer_text, encode_items
+from service.items import Item, PairItem, answer_text
 from service.metrics import ServiceMetrics
 from service.model import LoadedModel, Served
+from service.tokenizer_thread import TokenizerThread
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,12 @@ class Scored:
 class _Pending:
     model: LoadedModel
     encoded: list[EncodedPair]
+    answers: list[str]  # each item's answer text, whose length the live watch measures
     admitted: float
     future: asyncio.Future[None]  # done when every item has its values
     scores: np.ndarray = field(init=False)
     uncertainty: np.ndarray | None = field(init=False)
+    truncated: np.ndarray = field(init=False)  # bool [n]
     remaining: int = field(init=False)
     tokens: int = field(init=False)  # real (unpadded) tokens: what the gathering budget counts
 
@@ -65,6 +69,7 @@ class _Pending:
         n = len(self.encoded)
         self.scores = np.full(n, np.nan, dtype=np.float64)
         self.uncertainty = np.full(n, np.nan, dtype=np.float64) if self.model.has_uncertainty else None
+        self.truncated = np.array([e.truncated for e in self.encoded], dtype=bool)
         self.remaining = n
         self.tokens = sum(len(e) for e in self.encoded)
 
@@ -120,6 +125,7 @@ class Batcher:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self._tokenizer = TokenizerThread()
 
     # ---- request side -------------------------------------------------------------------------------
     async def submit(self, model: LoadedModel, questions: Sequence[str], answers: Sequence[str]) -> Scored:
@@ -150,8 +156,9 @@ class Batcher:
         admitted = time.perf_counter()
         pending: _Pending | None = None
         try:
-            encoded = await asyncio.to_thread(encode_items, model.encoder, list(items))
-            pending = _Pending(model, encoded, admitted, asyncio.get_running_loop().create_future())
+            encoded = await self._tokenizer.encode(model.encoder, items)
+            answers = [answer_text(item) for item in items]
+            pending = _Pending(model, encoded, answers, admitted, asyncio.get_running_loop().create_future())
             self._enqueue(pending)
             await pending.future
         finally:
@@ -160,12 +167,7 @@ class Batcher:
             self._admitted_pairs -= n
             self.metrics.queue_depth.set(self._admitted_pairs)
         assert pending is not None, "the await above returned, so the request was queued"
-        scores, uncertainty = pending.scores, pending.uncertainty
-        truncated = np.array([e.truncated for e in encoded], dtype=bool)
-        self._record(scores, truncated)
-        answers = [answer_text(item) for item in items]
-        self.metrics.observe_served(model, answers, scores, truncated, uncertainty=uncertainty)  # the watch
-        return Scored(scores, truncated, model, uncertainty, pending.tokens)
+        return Scored(pending.scores, pending.truncated, model, pending.uncertainty, pending.tokens)
 
     def _enqueue(self, pending: _Pending) -> None:
         if self._closed:
@@ -174,11 +176,25 @@ class Batcher:
         self._queued_tokens += pending.tokens
         self._wakeup.set()
 
-    def _record(self, scores: np.ndarray, truncated: np.ndarray) -> None:
+    def _record(self, model: LoadedModel, answered: list[_Pending]) -> None:
+        """Count the items of the requests a run just answered and feed them to the live watch: once
+        per onnxruntime run rather than once per request, since with one pair per request (RL
+        trainers) the fixed cost of each call to the counters and the watch was paid for every pair."""
+        if not answered:
+            return
+        scores = np.concatenate([p.scores for p in answered])
+        truncated = np.concatenate([p.truncated for p in answered])
         self.metrics.scored_pairs.inc(len(scores))
         self.metrics.truncated_pairs.inc(int(truncated.sum()))
-        for value in scores:
-            self.metrics.score.observe(float(value))
+        for value in scores.tolist():
+            self.metrics.score.observe(value)
+        uncertainty = (
+            np.concatenate([p.uncertainty for p in answered if p.uncertainty is not None])
+            if model.has_uncertainty
+            else None
+        )
+        answers = [answer for p in answered for answer in p.answers]
+        self.metrics.observe_served(model, answers, scores, truncated, uncertainty=uncertainty)  # the watch
 
     # ---- the one task that owns the queue -------------------------------------------------------------
     def start(self) -> None:
@@ -196,6 +212,7 @@ class Batcher:
     async def close(self) -> None:
         """Stop taking work; fail whatever is still queued with Draining."""
         self._closed = True
+        self._tokenizer.close()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -263,6 +280,7 @@ class Batcher:
                 if not live:
                     continue
                 pairs = [p.encoded[i] for _, p, i in live]
+                answered: list[_Pending] = []  # requests whose last items this run scores
                 try:
                     served = await loop.run_in_executor(self._engine, self._infer, model, pairs)
                 except InferenceFailed as exc:
@@ -278,6 +296,8 @@ class Batcher:
                     pending.remaining -= 1
                     if pending.remaining == 0 and not pending.future.done():
                         pending.future.set_result(None)
+                        answered.append(pending)
+                self._record(model, answered)
 
     def _infer(self, model: LoadedModel, pairs: list[EncodedPair]) -> Served:
         """Runs in the engine thread: pad, run onnxruntime (every output in one run), record the batch

@@ -46,6 +46,7 @@ from service.encoding import (
     InputFormat,
     TruncationPolicy,
     default_pad_token_id,
+    tokenize,
     validate_conversations,
 )
 
@@ -137,7 +138,7 @@ class ChatEncoder:
                 texts.append(self.render(conversation))
             except TemplateRenderError as exc:
                 raise TemplateRenderError(f"conversation {i}: {exc}") from exc
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
+        encodings = tokenize(self.tokenizer, texts)
         return [
             self._whole(c, t, e) if len(e.ids) <= self.policy.max_length else self._truncate(c)
             for c, t, e in zip(conversations, texts, encodings, strict=True)
@@ -160,7 +161,7 @@ class ChatEncoder:
                 candidates.append((shorter, self.render(shorter)))
             except TemplateRenderError:
                 continue  # e.g. a template that insists on user/assistant alternation
-        encodings = self.tokenizer.encode_batch([t for _, t in candidates], add_special_tokens=False)
+        encodings = tokenize(self.tokenizer, [t for _, t in candidates])
         for (shorter, text), encoding in zip(candidates, encodings, strict=True):
             if len(encoding.ids) <= self.policy.max_length:
                 return self._whole(shorter, text, encoding, truncated=True)

@@ -136,8 +136,9 @@ class ServiceMetrics:
         truncated: np.ndarray,
         uncertainty: np.ndarray | None = None,
     ) -> None:
-        """Feed served items to the live watch (called once per request, when its scores are known).
-        `uncertainty`: per-item, in raw score units like `scores`; None or NaN where there is none."""
+        """Feed served items to the live watch (the batcher calls it once per onnxruntime run, for the
+        requests that run answered). `uncertainty`: per-item, in raw score units like `scores`; None
+        or NaN where there is none."""
         stats = model.bundle.manifest.score
         accepted = self.watch.observe(
             _model_key(model.bundle.sha256, model.precision),

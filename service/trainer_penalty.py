@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 
 from service.batcher import Scored
-from service.dependencies import SettingsDep
+from service.dependencies import state_of
 from service.errors import ValidationFailed
 from service.model import LoadedModel
 from service.uncertainty_penalty import NoUncertainty, check_penalty, penalise
@@ -37,14 +37,14 @@ DESCRIPTION = (
 )
 
 
-def uncertainty_penalty(
-    settings: SettingsDep,
+async def uncertainty_penalty(
+    request: Request,
     uncertainty_penalty: Annotated[float | None, Query(description=DESCRIPTION)] = None,
 ) -> float:
     """The query parameter, checked (NaN, infinite or negative is a 422 naming it); absent, the server's
     ``trainer_uncertainty_penalty`` (RLHF_TRAINER_UNCERTAINTY_PENALTY), for trainers whose URL is fixed."""
     if uncertainty_penalty is None:
-        return settings.trainer_uncertainty_penalty
+        return state_of(request).settings.trainer_uncertainty_penalty
     try:
         return check_penalty(uncertainty_penalty, PARAMETER)
     except ValueError as exc:

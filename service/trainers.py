@@ -28,7 +28,7 @@ from service.batcher import Scored
 from service.chat import ChatEncoder
 from service.chat_text import Reading, is_own_rendering, read_prompt_and_response, read_rendered
 from service.conversation import ConversationError
-from service.dependencies import StateDep
+from service.dependencies import state_of
 from service.encoding import Encoder
 from service.errors import ValidationFailed
 from service.items import Item, PairItem
@@ -85,9 +85,10 @@ def read_as(reading: Reading, item: Item, text: str, encoder: Encoder) -> str:
 
 
 async def _score_readings(
-    request: Request, response: Response, state: StateDep, readings: Sequence[Reading], where: Sequence[str],
+    request: Request, response: Response, readings: Sequence[Reading], where: Sequence[str],
     fields: list[tuple[str, str]], penalty: float,
 ) -> tuple[Scored, list[Item]]:  # fmt: skip
+    state = state_of(request)
     require_uncertainty(state.current_model(), penalty)
     items = [item_of(reading, at) for reading, at in zip(readings, where, strict=True)]
     scored = await score_items(request, state, items, where, fields)
@@ -96,7 +97,7 @@ async def _score_readings(
 
 
 async def get_reward(
-    body: GetRewardRequest, request: Request, response: Response, state: StateDep, penalty: PenaltyDep
+    body: GetRewardRequest, request: Request, response: Response, penalty: PenaltyDep
 ) -> GetRewardResponse:
     """OpenRLHF's remote reward model: rewards (scores, minus λ·uncertainty with ?uncertainty_penalty=λ),
     scores in [0, 1] (the model's own verdict, never penalised), extra_logs."""
@@ -109,44 +110,44 @@ async def get_reward(
     fields = [(f"query[{i}]", q) for i, q in enumerate(body.query)]
     fields += [(f"prompts[{i}]", p) for i, p in enumerate(body.prompts or [])]
     where = [f"query[{i}]" for i in range(len(body.query))]
-    scored, items = await _score_readings(request, response, state, readings, where, fields, penalty)
+    scored, items = await _score_readings(request, response, readings, where, fields, penalty)
     encoder = scored.model.encoder
     how = [read_as(r, item, q, encoder) for r, item, q in zip(readings, items, body.query, strict=True)]
     return GetRewardResponse.of(scored, how, penalised_scores(scored, penalty))
 
 
 async def _score_texts(
-    body: RenderedTextsRequest, request: Request, response: Response, state: StateDep, penalty: float
+    body: RenderedTextsRequest, request: Request, response: Response, penalty: float
 ) -> Scored:
     """Score each rendered text of a vLLM/SGLang-style body as what it reads as (`read_rendered`)."""
     readings = [read_rendered(text) for text in body.texts]
     fields = [(f"input[{i}]", text) for i, text in enumerate(body.texts)]
     where = [f"input[{i}]" for i in range(len(body.texts))]
-    scored, _ = await _score_readings(request, response, state, readings, where, fields, penalty)
+    scored, _ = await _score_readings(request, response, readings, where, fields, penalty)
     return scored
 
 
 async def classify(
-    body: ClassifyRequest, request: Request, response: Response, state: StateDep, penalty: PenaltyDep
+    body: ClassifyRequest, request: Request, response: Response, penalty: PenaltyDep
 ) -> ClassifyResponse:
     """vLLM-compatible classification: one class per text, probs[-1] is the reward (veRL)."""
-    scored = await _score_texts(body, request, response, state, penalty)
+    scored = await _score_texts(body, request, response, penalty)
     return ClassifyResponse.of(scored, body.apply_activation, penalised_scores(scored, penalty))
 
 
 async def embeddings(
-    body: EmbeddingsRequest, request: Request, response: Response, state: StateDep, penalty: PenaltyDep
+    body: EmbeddingsRequest, request: Request, response: Response, penalty: PenaltyDep
 ) -> EmbeddingsResponse:
     """SGLang-compatible reward: embedding[-1] is the raw score (veRL with an SGLang reward model)."""
-    scored = await _score_texts(body, request, response, state, penalty)
+    scored = await _score_texts(body, request, response, penalty)
     return EmbeddingsResponse.of(scored, penalised_scores(scored, penalty))
 
 
 async def slime_reward(
-    body: SlimeRewardRequest, request: Request, response: Response, state: StateDep, penalty: PenaltyDep
+    body: SlimeRewardRequest, request: Request, response: Response, penalty: PenaltyDep
 ) -> float:
     """slime's remote reward model: one sample in, its score (minus λ·uncertainty) out as one JSON number."""
     fields = [("prompt", body.prompt), ("response", body.response)]
     reading = read_prompt_and_response(body.prompt, body.response)
-    scored, _ = await _score_readings(request, response, state, [reading], ["prompt"], fields, penalty)
+    scored, _ = await _score_readings(request, response, [reading], ["prompt"], fields, penalty)
     return float(penalised_scores(scored, penalty)[0])
