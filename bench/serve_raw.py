@@ -45,17 +45,16 @@ def raw_inputs(bundle_dir: Path, precision: str, pairs: Sequence[tuple[str, str]
     # onnxruntime loads only when a benchmark runs, so `rlhf --help` stays fast
     from service.backend import OnnxBackend
     from service.model import choose_precision
+    from service.onnx_scoring import length_sorted_batches
 
     bundle = load_bundle(bundle_dir)
     chosen = choose_precision(bundle, precision)  # type: ignore[arg-type]
     backend = OnnxBackend(bundle.model_path(chosen), bundle.manifest.input_names, threads)
     encoder = bundle.encoder()
     encoded = encoder.encode([q for q, _ in pairs], [a for _, a in pairs])
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    batches = [
-        pad_batch([encoded[j] for j in order[i : i + 32]], encoder.pad_token_id)
-        for i in range(0, len(order), 32)
-    ]
+    groups = length_sorted_batches([len(e) for e in encoded], 32)
+    batches = [pad_batch([encoded[j] for j in group], encoder.pad_token_id) for group in groups]
+    order = [j for group in groups for j in group]
     return RawInputs(chosen, backend, batches, order, sum(len(e) for e in encoded))
 
 

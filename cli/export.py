@@ -100,7 +100,7 @@ def eval_command(
 ) -> None:
     """Pairwise accuracy, margin, truncation and length bias of a bundle on preference pairs (onnxruntime)."""
     from service.bundle import BundleError
-    from training.reward.data import DataError
+    from training.reward.data import DataError, load_pairs
     from training.reward.evaluate import compare_reports, evaluate_bundle, validation_split
 
     if precision is not None and precision not in PRECISIONS:
@@ -112,7 +112,7 @@ def eval_command(
     if split_of is not None and data is not None:
         raise typer.BadParameter("give --data or --split-of, not both", param_hint="--split-of")
     with refusal("eval", BundleError, DataError):  # a graph the bundle lacks: it names those it has
-        pairs = data if split_of is None else validation_split(split_of)
+        pairs = load_pairs(data) if split_of is None else validation_split(split_of)  # read once for both
         reports = [
             evaluate_bundle(
                 path,
