@@ -412,9 +412,10 @@ def demo_command(
     rm_options: Annotated[
         str,
         typer.Option(
-            help="Extra `rlhf train-rm` options of the served (proxy) reward model, e.g. '--no-length-head' "
-            "for the plain model or '--quality-heads 4' for an ensemble (README, 'Rewards that resist "
-            "hacking'). Default: train-rm's default, the ODIN length-disentangled model."
+            help="Extra `rlhf train-rm` options of the served (proxy) reward model, e.g. '--length-head' "
+            "for ODIN's length-disentangled heads, '--length-balance-bins 0' for the unbalanced model or "
+            "'--quality-heads 4' for an ensemble (README, 'Rewards that resist hacking'). Default: "
+            "train-rm's default, length-balanced pairs."
         ),
     ] = "",
     gold: Annotated[

@@ -60,6 +60,16 @@ def test_json_round_trip_and_unknown_fields(tmp_path: Path) -> None:
         PolicyConfig.load(tmp_path / "broken.json")
 
 
+def test_a_config_saved_before_a_field_existed_keeps_its_recipe() -> None:
+    """A resumed or exported old run must not pick up today's defaults (balance on, pair format)."""
+    saved = RewardConfig(base_model="some/dir").to_dict()
+    for field_name in ("input_format", "length_balance_bins", "length_head"):
+        saved.pop(field_name)
+    old = RewardConfig.from_dict(saved)
+    assert (old.input_format, old.length_balance_bins, old.length_head) == ("pair", 0, False)
+    assert RewardConfig(base_model="some/dir").length_balance_bins > 0  # today's default differs
+
+
 def test_policy_config_round_trip_keeps_the_secret_out(tmp_path: Path) -> None:
     config = PolicyConfig(service_urls=["http://a"], api_key="s3cret", lora_target_modules=["q_proj"], k=2)
     config.save(tmp_path / "config.json")

@@ -147,13 +147,13 @@ class RewardConfig(DataclassConfig):
             "help": "Quality heads on the backbone; >1 = an ensemble: score = mean, uncertainty = std."
         },
     )
-    # ODIN (Chen et al. 2024): a second head absorbs answer length, so the served quality head does not
-    # the default since it held the plain model's accuracy (README "Rewards that resist hacking")
+    # ODIN (Chen et al. 2024): a second head absorbs answer length, so the served quality head does not.
+    # Off by default: over three seeds it cost 2.7 points of accuracy and a seed in three barely learned
+    # (README "Rewards that resist hacking"); with --length-balance-bins it is the most length-neutral recipe
     length_head: bool = field(
-        default=True,
+        default=False,
         metadata={
-            "help": "Train a length head beside the quality head(s) (ODIN); the score stays quality only. "
-            "--no-length-head trains the plain one-head model."
+            "help": "Train a length head beside the quality head(s) (ODIN); the score stays quality only."
         },
     )
     # 1.0 and 1.0 are the ODIN reference code's defaults
@@ -168,6 +168,18 @@ class RewardConfig(DataclassConfig):
         default=1.0,
         metadata={
             "help": "Weight of cos^2 between the quality and length head weights (with --length-head)."
+        },
+    )
+
+    # Singhal et al. 2023: in the embedded pairs the chosen answer is the shorter one 56% of the time, and
+    # a model learns that far beyond its worth; balanced weights make length earn nothing (length_balance.py).
+    # The default since it cut the longer/shorter accuracy gap from 57 to 10 points (three seeds) for -1.2
+    # points of accuracy, within noise (README "Rewards that resist hacking")
+    length_balance_bins: int = field(
+        default=10,
+        metadata={
+            "help": "Weight pairs so that chosen-longer and chosen-shorter pairs weigh the same within "
+            "each of N bins of answer-length gap (0 = off: the plain Bradley-Terry data)."
         },
     )
 
@@ -221,6 +233,7 @@ class RewardConfig(DataclassConfig):
             ("length_coef", self.length_coef >= 0, "must be >= 0"),
             ("ortho_coef", self.ortho_coef >= 0, "must be >= 0"),
             ("length_group_batches", self.length_group_batches >= 0, "must be >= 0"),
+            ("length_balance_bins", self.length_balance_bins >= 0, "must be >= 0 (0 = off)"),
             ("eval_every", self.eval_every >= 0, "must be >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
@@ -238,5 +251,7 @@ class RewardConfig(DataclassConfig):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RewardConfig:
-        """A config saved before ``input_format`` existed trained pairs whatever its base: ``pair``."""
-        return super().from_dict({"input_format": "pair", **values})
+        """A config saved before a field existed trained without it: ``input_format`` ``pair`` whatever
+        its base, no length balance, no length head (today's defaults would change a resumed run)."""
+        before = {"input_format": "pair", "length_balance_bins": 0, "length_head": False}
+        return super().from_dict({**before, **values})

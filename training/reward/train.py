@@ -66,6 +66,7 @@ from training.reward.encoders import (
     tokenizer_files,
 )
 from training.reward.heads import HeadLayout, bootstrap_weights
+from training.reward.length_balance import LengthBalance, length_balance_weights
 from training.reward.lora import add_reward_lora, merged, resume_reward_lora
 from training.reward.losses import multi_head_loss
 from training.reward.model import (
@@ -131,7 +132,8 @@ class EncodedData:
     rejected: list[EncodedPair]
     lengths: list[int]  # padded width each training pair needs (batching.pair_lengths)
     per_epoch: int  # batches per process per epoch
-    pair_weights: np.ndarray  # [n_pairs, quality_heads] bootstrap weight of each pair per head
+    pair_weights: np.ndarray  # [n_pairs, quality_heads] bootstrap x length-balance weight per head
+    length_balance: LengthBalance | None = None  # what --length-balance-bins did (None: off)
 
 
 @dataclass
@@ -254,6 +256,14 @@ def _encode_data(config: RewardConfig, world: int, base_dir: str, tokenizers: Pa
     per_epoch = n_batches // world  # batches per process per epoch
     assert per_epoch >= 1, f"{len(train_pairs)} training pairs make no batch for each of {world} processes"
     weights = bootstrap_weights(len(train_pairs), config.quality_heads, config.seed)
+    balance = None
+    if config.length_balance_bins:
+        balanced, balance = length_balance_weights(
+            np.array([c.answer_tokens for c in chosen]),
+            np.array([r.answer_tokens for r in rejected]),
+            config.length_balance_bins,
+        )
+        weights = weights * balanced[:, None]
     files = tokenizer_files(tokenizers)
     return EncodedData(
         report,
@@ -267,6 +277,7 @@ def _encode_data(config: RewardConfig, world: int, base_dir: str, tokenizers: Pa
         lengths,
         per_epoch,
         weights,
+        balance,
     )
 
 
@@ -344,7 +355,7 @@ def _loss(
     if config.length_head:
         lengths = torch.from_numpy(batch["answer_tokens"]).to(logits.device)  # [2B]
         classifier = head_weight(raw_model)  # type: ignore[arg-type]  # [heads, hidden]
-    if config.quality_heads > 1:
+    if config.quality_heads > 1 or config.length_balance_bins:
         weights = torch.from_numpy(data.pair_weights[batch["pair_index"]]).to(logits.device)  # [B, M]
     return multi_head_loss(
         logits,
@@ -492,3 +503,5 @@ def _describe_run(config: RewardConfig, data: EncodedData, total_steps: int) -> 
     print(
         f"base {config.base_model}: {config.input_format} format ({data.encoder.truncation_policy_name}), {tuning}"
     )
+    if data.length_balance is not None:
+        print(data.length_balance.format_text())
