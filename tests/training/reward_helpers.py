@@ -13,6 +13,7 @@ import gzip
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from training.reward.model import default_base_model
 
@@ -55,8 +56,9 @@ def write_pairs(path: Path, n: int = 64, start: int = 0) -> Path:
     return path
 
 
-def make_tiny_run(path: Path, base: Path, data: Path, steps: int = 3) -> Path:
-    """Train the tiny base a few steps with the real loop; return the run directory (with final/)."""
+def make_tiny_run(path: Path, base: Path, data: Path, steps: int = 3, **overrides: Any) -> Path:
+    """Train the tiny base a few steps with the real loop; return the run directory (with final/).
+    ``overrides`` are RewardConfig fields (a recipe option under test)."""
     from training.reward.config import RewardConfig
     from training.reward.train import train
 
@@ -73,6 +75,7 @@ def make_tiny_run(path: Path, base: Path, data: Path, steps: int = 3) -> Path:
         eval_every=0,
         checkpoint_every=0,
         device="cpu",
+        **overrides,
     )
     train(config, path, progress=False)
     return path

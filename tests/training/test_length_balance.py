@@ -65,31 +65,14 @@ def test_no_unequal_pairs_gives_ones() -> None:
 
 def test_training_applies_the_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Same seed, same first batch: the first step's loss differs only through the weights."""
-    from tests.training.reward_helpers import MAX_LENGTH, MIN_QUESTION_TOKENS, make_tiny_base, write_pairs
+    from tests.training.reward_helpers import make_tiny_base, make_tiny_run, write_pairs
     from training.reward.config import ConfigError, RewardConfig
-    from training.reward.train import train
 
     base = make_tiny_base(tmp_path / "base")
     data = write_pairs(tmp_path / "pairs.jsonl.gz", n=48)
 
     def first_loss(bins: int) -> float:
-        config = RewardConfig(
-            base_model=str(base),
-            data=str(data),
-            val_fraction=0.25,
-            max_length=MAX_LENGTH,
-            min_question_tokens=MIN_QUESTION_TOKENS,
-            batch_size=8,
-            max_steps=1,
-            lr=1e-3,
-            eval_every=0,
-            checkpoint_every=0,
-            device="cpu",
-            length_head=False,
-            length_balance_bins=bins,
-        )
-        out = tmp_path / f"run-{bins}"
-        train(config, out, progress=False)
+        out = make_tiny_run(tmp_path / f"run-{bins}", base, data, steps=1, length_balance_bins=bins)
         first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
         return float(first["loss"])
 
