@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -193,6 +194,13 @@ def _num(record: dict[str, Any], key: str) -> float:
     return float(value) if value is not None else float("nan")
 
 
+def _corr(record: dict[str, Any], key: str) -> str:
+    """A correlation from a summary; "n/a" when undefined (every answer the same length, as when a
+    policy fills its token budget), where "+nan" would read like a bug."""
+    value = _num(record, key)
+    return f"{value:+.2f}" if math.isfinite(value) else "n/a"
+
+
 def _gold_row(gold_model: dict[str, Any], gold_eval: dict[str, Any] | None) -> str:
     """Name, version, length correction and validation accuracy of the gold reward model."""
     text = f"{gold_model.get('name')} {gold_model.get('version')}"
@@ -250,8 +258,8 @@ def summary_rows(
                 f"{_num(before, 'gold_mean_normalized'):+.2f} → {_num(after, 'gold_mean_normalized'):+.2f} "
                 f"std: {_num(policy_summary, 'gold_gain_in_std'):+.2f} "
                 f"± {_num(policy_summary, 'gold_gain_se_in_std'):.2f} (gold's own Pearson(score, length) "
-                f"{_num(before, 'gold_length_pearson'):+.2f} → {_num(after, 'gold_length_pearson'):+.2f}; "
-                f"proxy's {_num(before, 'length_pearson'):+.2f} → {_num(after, 'length_pearson'):+.2f})",
+                f"{_corr(before, 'gold_length_pearson')} → {_corr(after, 'gold_length_pearson')}; "
+                f"proxy's {_corr(before, 'length_pearson')} → {_corr(after, 'length_pearson')})",
             ),
             ("verdict", str(policy_summary.get("verdict"))),
         ]
@@ -334,7 +342,7 @@ class DemoOptions:
     gold_max_length: int = 256
     gold_rm_options: tuple[str, ...] = ()
     policy_steps: int = 20
-    policy_kl_coef: float = 0.0
+    policy_kl_coef: float = 0.05
     policy_uncertainty_penalty: float = 0.0
     device: str = "auto"
     reuse: bool = True
@@ -412,10 +420,10 @@ def demo_command(
     rm_options: Annotated[
         str,
         typer.Option(
-            help="Extra `rlhf train-rm` options of the served (proxy) reward model, e.g. '--length-head' "
-            "for ODIN's length-disentangled heads, '--length-balance-bins 0' for the unbalanced model or "
+            help="Extra `rlhf train-rm` options of the served (proxy) reward model, e.g. '--no-length-head' "
+            "for one plain head, '--length-balance-bins 0' for the unbalanced data or "
             "'--quality-heads 4' for an ensemble (README, 'Rewards that resist hacking'). Default: "
-            "train-rm's default, length-balanced pairs."
+            "train-rm's default, ODIN heads on length-balanced pairs."
         ),
     ] = "",
     gold: Annotated[
@@ -440,7 +448,7 @@ def demo_command(
         typer.Option(help="--gold other-seed: max tokens of question + answer (the question is cut first)."),
     ] = 256,
     gold_rm_options: Annotated[
-        str, typer.Option(help="--gold other-seed: extra `rlhf train-rm` options, e.g. '--length-head'.")
+        str, typer.Option(help="--gold other-seed: extra `rlhf train-rm` options, e.g. '--no-length-head'.")
     ] = "",
     policy_steps: Annotated[
         int,
@@ -452,11 +460,11 @@ def demo_command(
     policy_kl_coef: Annotated[
         float,
         typer.Option(
-            help="KL penalty of the demo's policy run. Off: in the demo's few steps the KL stays below where "
-            "the penalty matters, and a penalty would only slow the gain the demo shows. Longer runs should "
-            "keep train-policy's default (README, 'Policy optimisation': the 100-step runs by KL penalty)."
+            help="KL penalty of the demo's policy run: train-policy's default. Without it the policy drifts "
+            "far from its start within the demo's few steps and finds what the reward model over-rewards "
+            "(README, 'Policy optimisation')."
         ),
-    ] = 0.0,
+    ] = 0.05,
     policy_uncertainty_penalty: Annotated[
         float,
         typer.Option(

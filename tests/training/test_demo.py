@@ -150,6 +150,11 @@ def test_summary_shows_the_gold_the_sorry_share_and_answers_side_by_side(
         "   after : I'm sorry, I can't.  [proxy +0.5, gold -1.0]",
     ]
     assert str(paths.policy_run / "eval_after_samples.jsonl") in out
+    # every answer after at the token budget: no correlation with length exists, and none is printed as "+nan"
+    policy["after"] |= {"gold_length_pearson": float("nan"), "length_pearson": None}
+    print_summary(paths, eval_report, policy, gold_eval={"pairs": 200, "accuracy": 0.605}, examples=0)
+    out = capsys.readouterr().out
+    assert "Pearson(score, length) +0.05 → n/a; proxy's -0.60 → n/a)" in out and "nan" not in out
 
 
 def test_a_finished_step_is_reused_only_with_the_options_it_was_made_with(tmp_path: Path) -> None:

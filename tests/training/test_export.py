@@ -83,8 +83,8 @@ def test_fp32_graph_has_dynamic_axes_and_matches_pytorch(run_dir: Path, bundle_d
     for value in graph.graph.input:
         dims = [d.dim_param for d in value.type.tensor_type.shape.dim]
         assert dims == ["batch", "sequence"], value.name
-    # the default reward model has one quality head and no length head: the score alone
-    assert [o.name for o in graph.graph.output] == ["score"]
+    # the default reward model has an ODIN length head: its score plus the diagnostic length output
+    assert [o.name for o in graph.graph.output] == ["score", "length_score"]
     assert graph.opset_import[0].version == 17
 
     bundle = load_bundle(bundle_dir)

@@ -148,12 +148,14 @@ class RewardConfig(DataclassConfig):
         },
     )
     # ODIN (Chen et al. 2024): a second head absorbs answer length, so the served quality head does not.
-    # Off by default: over three seeds it cost 2.7 points of accuracy and a seed in three barely learned
-    # (README "Rewards that resist hacking"); with --length-balance-bins it is the most length-neutral recipe
+    # On by default with length balance: alone it cost 2.7 points over three seeds; with balance it is the
+    # most length-neutral recipe, and the only one whose demo policy did not turn to "I'm sorry" answers
+    # (README "Rewards that resist hacking")
     length_head: bool = field(
-        default=False,
+        default=True,
         metadata={
-            "help": "Train a length head beside the quality head(s) (ODIN); the score stays quality only."
+            "help": "Train a length head beside the quality head(s) (ODIN); the score stays quality only. "
+            "--no-length-head trains one plain head."
         },
     )
     # 1.0 and 1.0 are the ODIN reference code's defaults
@@ -173,8 +175,7 @@ class RewardConfig(DataclassConfig):
 
     # Singhal et al. 2023: in the embedded pairs the chosen answer is the shorter one 56% of the time, and
     # a model learns that far beyond its worth; balanced weights make length earn nothing (length_balance.py).
-    # The default since it cut the longer/shorter accuracy gap from 57 to 10 points (three seeds) for -1.2
-    # points of accuracy, within noise (README "Rewards that resist hacking")
+    # Over three seeds it cut the longer/shorter accuracy gap from 57 to 10 points (README)
     length_balance_bins: int = field(
         default=10,
         metadata={
