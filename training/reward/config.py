@@ -148,9 +148,9 @@ class RewardConfig(DataclassConfig):
         },
     )
     # ODIN (Chen et al. 2024): a second head absorbs answer length, so the served quality head does not.
-    # On by default with length balance: alone it cost 2.7 points over three seeds; with balance it is the
-    # most length-neutral recipe, and the only one whose demo policy did not turn to "I'm sorry" answers
-    # (README "Rewards that resist hacking")
+    # On by default with length balance: alone it lost accuracy over three seeds; with balance it is the
+    # most length-neutral recipe, and the one whose demo policy did not turn to "I'm sorry" answers
+    # (README "Rewards that resist hacking" has the figures)
     length_head: bool = field(
         default=True,
         metadata={
@@ -173,9 +173,9 @@ class RewardConfig(DataclassConfig):
         },
     )
 
-    # Singhal et al. 2023: in the embedded pairs the chosen answer is the shorter one 56% of the time, and
-    # a model learns that far beyond its worth; balanced weights make length earn nothing (length_balance.py).
-    # Over three seeds it cut the longer/shorter accuracy gap from 57 to 10 points (README)
+    # Singhal et al. 2023: in the embedded pairs the chosen answer is more often the shorter one, and a
+    # model learns that far beyond its worth; balanced weights make length earn nothing (length_balance.py;
+    # README "Rewards that resist hacking" has what it changed)
     length_balance_bins: int = field(
         default=10,
         metadata={

@@ -2,9 +2,9 @@
 
     weights, report = length_balance_weights(chosen_tokens, rejected_tokens, bins=10)   # [n], mean 1
 
-Why: in the embedded hh-rlhf pairs the chosen answer is the shorter one 56% of the time, and a
-reward model picks that up first and far beyond what it is worth (right 92% of the time when the
-chosen answer is shorter, 30% when it is longer: README "Length bias"). Reweighting the pairs so that,
+Why: in the embedded hh-rlhf pairs the chosen answer is more often the shorter one, and a reward
+model picks that up first and far beyond what it is worth (README "Length bias" has the figures).
+Reweighting the pairs so that,
 within each bin of answer-length difference, the pairs whose chosen answer is longer weigh as much
 as those whose chosen answer is shorter makes the label independent of the length difference in the
 weighted data: any score that only reads length then earns nothing in expectation, at any size of
@@ -13,8 +13,8 @@ length gap. Singhal et al. balance by dropping pairs; weighting keeps every pair
 Bins are quantiles of |log(chosen tokens / rejected tokens)| (a 5-token gap means more between two
 short answers than between two long ones), so each bin holds about the same number of pairs. Pairs
 of equal length keep weight 1 (length says nothing there); a bin holding only one direction cannot
-be balanced and keeps weight 1 too (the report counts them). The weights are rescaled to mean 1, so
-the loss keeps its scale and a learning rate keeps its meaning.
+be balanced and keeps weight 1 too (the report counts them). Each bin keeps its total weight (half of it
+per direction), so the weights have mean 1: the loss keeps its scale and a learning rate its meaning.
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ def length_balance_weights(
             # each direction gets half the bin's weight
             weights[members[longer[members]]] = len(members) / (2 * n_longer)
             weights[members[shorter[members]]] = len(members) / (2 * n_shorter)
-    weights /= weights.mean() if n else 1.0
     report = LengthBalance(
         bins=bins,
         chosen_longer=int(longer.sum()),
