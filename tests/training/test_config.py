@@ -60,13 +60,20 @@ def test_json_round_trip_and_unknown_fields(tmp_path: Path) -> None:
         PolicyConfig.load(tmp_path / "broken.json")
 
 
+def test_the_length_term_without_a_length_head_refuses_a_length_head() -> None:
+    with pytest.raises(ConfigError, match=r"decorrelate_length.*--no-length-head"):
+        RewardConfig(base_model="x", decorrelate_length=True, length_head=True).validate()
+    RewardConfig(base_model="x", decorrelate_length=True, length_head=False).validate()
+
+
 def test_a_config_saved_before_a_field_existed_keeps_its_recipe() -> None:
     """A resumed or exported old run must not pick up today's defaults (balance on, pair format)."""
     saved = RewardConfig(base_model="some/dir").to_dict()
-    for field_name in ("input_format", "length_balance_bins", "length_head"):
+    for field_name in ("input_format", "length_balance_bins", "length_head", "decorrelate_length"):
         saved.pop(field_name)
     old = RewardConfig.from_dict(saved)
     assert (old.input_format, old.length_balance_bins, old.length_head) == ("pair", 0, False)
+    assert old.decorrelate_length is False
     assert RewardConfig(base_model="some/dir").length_balance_bins > 0  # today's default differs
 
 

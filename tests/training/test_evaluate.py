@@ -68,6 +68,26 @@ def test_metrics_on_hand_computed_scores() -> None:
     assert (metrics["truncated"], metrics["truncation_rate"]) == (1, 0.25)
     assert (metrics["chosen_longer"].pairs, metrics["chosen_longer"].accuracy) == (2, 0.5)
     assert (metrics["chosen_shorter"].pairs, metrics["chosen_shorter"].accuracy) == (1, 1.0)
+    assert metrics["length_balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
+    assert metrics["shorter_wins_accuracy"] == 0.25  # right on the one chosen-shorter pair; the tie is wrong
+
+
+def test_length_balanced_accuracy_ignores_the_skew_of_the_test_set() -> None:
+    # 3 of 4 unequal pairs have the shorter answer chosen: "shorter wins" is 75% right overall, and a
+    # length rule is worth exactly 50% once the two groups weigh the same
+    pairs = [
+        PreferencePair("q", "a", "much longer"),
+        PreferencePair("q", "b", "much longer"),
+        PreferencePair("q", "c", "much longer"),
+        PreferencePair("q", "much longer", "d"),
+    ]
+    lengths = np.array([len(p.chosen) for p in pairs] + [len(p.rejected) for p in pairs], dtype=float)
+    short_is_better = -lengths  # the pure length rule as a reward model
+    metrics = evaluate_scores(pairs, short_is_better[:4], short_is_better[4:], [False] * 4)
+    assert metrics["accuracy"] == metrics["shorter_wins_accuracy"] == 0.75
+    assert metrics["length_balanced_accuracy"] == 0.5
+    one_group = evaluate_scores(pairs[:3], short_is_better[:3], short_is_better[4:7], [False] * 3)
+    assert one_group["length_balanced_accuracy"] is None  # no chosen-longer pair: undefined, not 100%
 
 
 def test_evaluate_bundle_matches_scoring_by_hand(bundle_dir: Path, data_file: Path) -> None:
@@ -107,10 +127,15 @@ def test_cli_eval_json_is_one_object_with_the_contract_keys(bundle_dir: Path, da
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert {"accuracy", "pairs", "skipped", "truncated", "mean_margin", "truncation_rate"} <= set(report)
-    assert {"chosen_longer", "chosen_shorter"} <= set(report)
+    assert {"chosen_longer", "chosen_shorter", "length_balanced_accuracy", "shorter_wins_accuracy"} <= set(
+        report
+    )
+    longer, shorter = report["chosen_longer"]["accuracy"], report["chosen_shorter"]["accuracy"]
+    assert report["length_balanced_accuracy"] == pytest.approx((longer + shorter) / 2)
 
     text = CliRunner().invoke(app, ["eval", "--bundle", str(bundle_dir), "--data", str(data_file)])
     assert text.exit_code == 0 and "accuracy" in text.output and "chosen longer" in text.output
+    assert "length-balanced accuracy" in text.output
 
 
 def test_cli_eval_errors_name_the_problem(bundle_dir: Path, tmp_path: Path, data_file: Path) -> None:

@@ -136,6 +136,25 @@ def test_multi_head_loss_on_hand_computed_values() -> None:
     )
 
 
+def test_decorrelate_only_adds_the_quality_term_to_one_plain_head() -> None:
+    from training.reward.losses import multi_head_loss
+
+    logits = torch.tensor([[1.0], [0.0], [0.0], [0.5]])  # one head; B = 2
+    lengths = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    loss, metrics = multi_head_loss(logits, lengths, length_coef=0.5, decorrelate_only=True)
+    q, L = logits.numpy()[:, 0], lengths.numpy()
+    rho = np.corrcoef(q, L)[0, 1]
+    term = abs(rho) * q.std()
+    rank = (_nll(1.0) + _nll(-0.5)) / 2
+    assert loss.item() == pytest.approx(rank + 0.5 * term, rel=1e-5)
+    assert metrics["length_term"] == pytest.approx(term, rel=1e-5)
+    assert metrics["rho_quality"] == pytest.approx(rho, rel=1e-5) and "rho_length" not in metrics
+    plain, _ = multi_head_loss(logits, lengths, length_coef=0.5)
+    assert plain.item() == pytest.approx(rank, rel=1e-6)  # without the flag a plain head has no length term
+    with pytest.raises(AssertionError, match="without a length head"):
+        multi_head_loss(torch.zeros(4, 2), lengths, length_head=True, decorrelate_only=True)
+
+
 def test_multi_head_loss_gradients_reach_every_head_and_the_weights() -> None:
     from training.reward.losses import multi_head_loss
 

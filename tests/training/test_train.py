@@ -66,6 +66,11 @@ def test_tiny_run_learns_and_writes_the_output_contract(
     metrics = json.loads((final / "metrics.json").read_text())
     assert metrics["val_pairs"] == 16 and metrics["val_accuracy"] == result.val_metrics["accuracy"]
     assert metrics["val_accuracy"] >= 0.75
+    # the length bias is reported while training, as `rlhf eval` reports it; every chosen answer of the
+    # learnable rows is the longer one, so the chosen-shorter and balanced accuracies are undefined: left out
+    assert metrics["val_chosen_longer_accuracy"] == metrics["val_accuracy"]
+    assert "val_chosen_shorter_accuracy" not in metrics and "val_length_balanced_accuracy" not in metrics
+    assert -1.0 <= metrics["val_length_pearson"] <= 1.0
     assert (out / "curves.png").stat().st_size > 0
     assert (out / "checkpoint" / "trainer_state.pt").is_file()
     train_split, val_split = load_run_split(out)
@@ -83,3 +88,21 @@ def test_disable_dropout_makes_training_mode_forward_deterministic(tiny_model: P
         assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
         disable_dropout(model)
         assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_the_final_line_shows_the_length_bias_beside_the_accuracy() -> None:
+    from training.reward.outputs import describe_validation
+
+    metrics = {
+        "accuracy": 0.635,
+        "pairs": 200.0,
+        "chosen_longer_accuracy": 0.301,
+        "chosen_shorter_accuracy": 0.925,
+        "length_balanced_accuracy": 0.613,
+        "length_pearson": -0.62,
+    }
+    assert describe_validation(metrics) == (
+        "val accuracy 0.635 on 200 pairs (chosen longer 0.301 / shorter 0.925, length-balanced 0.613)"
+        ", Pearson(score, answer tokens) -0.62"
+    )
+    assert describe_validation({"accuracy": 1.0, "pairs": 2.0}) == "val accuracy 1.000 on 2 pairs"

@@ -173,6 +173,16 @@ class RewardConfig(DataclassConfig):
         },
     )
 
+    # ODIN's length term on the quality head(s) alone, with no length head to absorb length: an
+    # experiment of session 8 (README "Rewards that resist hacking")
+    decorrelate_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Without a length head: penalise the quality heads' correlation with answer length "
+            "(ODIN's term on them alone, weight --length-coef; needs --no-length-head)."
+        },
+    )
+
     # Singhal et al. 2023: in the embedded pairs the chosen answer is more often the shorter one, and a
     # model learns that far beyond its worth; balanced weights make length earn nothing (length_balance.py;
     # README "Rewards that resist hacking" has what it changed)
@@ -235,6 +245,11 @@ class RewardConfig(DataclassConfig):
             ("ortho_coef", self.ortho_coef >= 0, "must be >= 0"),
             ("length_group_batches", self.length_group_batches >= 0, "must be >= 0"),
             ("length_balance_bins", self.length_balance_bins >= 0, "must be >= 0 (0 = off)"),
+            (
+                "decorrelate_length",
+                not (self.decorrelate_length and self.length_head),
+                "is the length term without a length head (--length-head has it already): add --no-length-head",
+            ),
             ("eval_every", self.eval_every >= 0, "must be >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
@@ -254,5 +269,10 @@ class RewardConfig(DataclassConfig):
     def from_dict(cls, values: dict[str, Any]) -> RewardConfig:
         """A config saved before a field existed trained without it: ``input_format`` ``pair`` whatever
         its base, no length balance, no length head (today's defaults would change a resumed run)."""
-        before = {"input_format": "pair", "length_balance_bins": 0, "length_head": False}
+        before = {
+            "input_format": "pair",
+            "length_balance_bins": 0,
+            "length_head": False,
+            "decorrelate_length": False,
+        }
         return super().from_dict({**before, **values})

@@ -102,6 +102,7 @@ class CorrectionResult:
             f", accuracy {_pct(b['accuracy'])} -> {_pct(a['accuracy'])}, chosen longer / shorter "
             f"{_pct(b['chosen_longer']['accuracy'])} / {_pct(b['chosen_shorter']['accuracy'])} -> "
             f"{_pct(a['chosen_longer']['accuracy'])} / {_pct(a['chosen_shorter']['accuracy'])}"
+            f", length-balanced {_pct(b['length_balanced_accuracy'])} -> {_pct(a['length_balanced_accuracy'])}"
         )
 
 
@@ -205,6 +206,7 @@ def heldout_metrics(
         "mean_margin",
         "chosen_longer",
         "chosen_shorter",
+        "length_balanced_accuracy",
         "length_pearson",
         "length_pearson_in_pairs",
     )

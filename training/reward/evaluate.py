@@ -11,7 +11,8 @@ Metrics: pairwise accuracy (a tie counts as wrong: a reward that cannot tell two
 no preference), mean margin r_chosen - r_rejected, truncation rate (pairs where either side was
 cut), and the length bias: accuracy where the chosen answer is the longer one vs the shorter one
 (characters; a model that learned "longer is better", or "shorter", shows a large gap between the
-two) and the Pearson correlation of the score with the answer's tokens, over every scored answer and
+two), their mean (the length-balanced accuracy: see `length_balanced_accuracy`) beside the accuracy of
+the rule "the shorter answer wins" on the same pairs, and the Pearson correlation of the score with the answer's tokens, over every scored answer and
 within pairs (score difference vs token difference of two answers to one question).
 Graphs with several quality heads add how well their served uncertainty flags the pairs the model
 gets wrong (AUROC, beside the AUROC of a small |margin|: diagnostics.py); graphs with a length head
@@ -61,6 +62,8 @@ class EvalReport:
     chosen_longer: SubsetAccuracy
     chosen_shorter: SubsetAccuracy
     seconds: float
+    length_balanced_accuracy: float | None = None  # mean of the two accuracies above
+    shorter_wins_accuracy: float | None = None  # the length rule "the shorter answer wins" on these pairs
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     input_format: str = "pair"  # how the bundle's encoder read the pairs (pair, or chat: its template)
     length_pearson: float | None = None  # Pearson(score, answer tokens) over both answers of every pair
@@ -101,6 +104,8 @@ class EvalReport:
             f" | chosen shorter: {pct(self.chosen_shorter.accuracy)} of {self.chosen_shorter.pairs}"
             f" | Pearson(score, answer tokens) {corr(self.length_pearson)}"
             f", within pairs {corr(self.length_pearson_in_pairs)}",
+            f"balanced  {pct(self.length_balanced_accuracy)} length-balanced accuracy"
+            f' ("the shorter answer wins" alone: {pct(self.shorter_wins_accuracy)} here, 50% length-balanced)',
         ]
         if self.uncorrected is not None:
             before = self.uncorrected
@@ -108,6 +113,7 @@ class EvalReport:
                 f"corrected scores minus the manifest's length trend; before: accuracy {pct(before['accuracy'])}"
                 f", chosen longer {pct(before['chosen_longer'].accuracy)}"
                 f" | shorter {pct(before['chosen_shorter'].accuracy)}, Pearson {corr(before['length_pearson'])}"
+                f", length-balanced {pct(before['length_balanced_accuracy'])}"
             )
         if self.length_head_pearson is not None:
             lines.append(f"length head Pearson(length_score, answer tokens) {corr(self.length_head_pearson)}")
@@ -125,6 +131,20 @@ def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
     if len(chosen) == 0:
         raise ValueError("pairwise accuracy of zero pairs is undefined")
     return float(np.mean(chosen > rejected))
+
+
+def length_balanced_accuracy(longer: SubsetAccuracy, shorter: SubsetAccuracy) -> float | None:
+    """The accuracy on a test set where answer length tells nothing: the mean of the accuracies on
+    chosen-longer and chosen-shorter pairs (None when either group is empty).
+
+    Why beside the plain accuracy: a test set where the chosen answer is more often the shorter one
+    rewards a model for preferring short answers, whatever it learned about quality; the same model
+    loses that bonus, or pays it back, on data skewed the other way (a policy's own samples). On the
+    balanced mean any pure length rule scores 50%, so what stays above 50% is preference the model
+    learned beyond length."""
+    if longer.accuracy is None or shorter.accuracy is None:
+        return None
+    return (longer.accuracy + shorter.accuracy) / 2
 
 
 def evaluate_scores(
@@ -148,14 +168,17 @@ def evaluate_scores(
         return SubsetAccuracy(n, float(correct[mask].mean()) if n else None)
 
     n_truncated = int(sum(truncated))
+    chosen_longer, chosen_shorter = subset(longer), subset(shorter)
     return {
         "pairs": len(pairs),
         "accuracy": pairwise_accuracy(chosen_scores, rejected_scores),
         "mean_margin": float(np.mean(chosen_scores - rejected_scores)),
         "truncated": n_truncated,
         "truncation_rate": n_truncated / len(pairs),
-        "chosen_longer": subset(longer),
-        "chosen_shorter": subset(shorter),
+        "chosen_longer": chosen_longer,
+        "chosen_shorter": chosen_shorter,
+        "length_balanced_accuracy": length_balanced_accuracy(chosen_longer, chosen_shorter),
+        "shorter_wins_accuracy": float(shorter.mean()),
         "length_pearson": None
         if answer_tokens is None
         else pearson(np.concatenate([chosen_scores, rejected_scores]), np.concatenate(answer_tokens)),
@@ -234,7 +257,14 @@ def _length_metrics(
     """Accuracy, the length split and Pearson(score, tokens) of scores [2n] (chosen sides first)."""
     n = len(pairs)
     metrics = evaluate_scores(pairs, scores[:n], scores[n:], [False] * n, (tokens[:n], tokens[n:]))
-    keep = ("accuracy", "chosen_longer", "chosen_shorter", "length_pearson", "length_pearson_in_pairs")
+    keep = (
+        "accuracy",
+        "chosen_longer",
+        "chosen_shorter",
+        "length_balanced_accuracy",
+        "length_pearson",
+        "length_pearson_in_pairs",
+    )
     return {k: metrics[k] for k in keep}
 
 

@@ -95,6 +95,24 @@ def pearson(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tenso
     return (xc * yc).sum() / torch.sqrt((xc * xc).sum() * (yc * yc).sum() + eps)
 
 
+def quality_decorrelation(
+    quality: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """mean_i |rho(q_i, L)| sg(std q_i) for quality [n, M] and L [n]: ODIN's term on the quality heads.
+
+    (sg = detached; the module docstring says why.) Metric "rho_quality" = rho(served score, L), the
+    mean of the quality heads, signed."""
+    assert quality.dim() == 2 and quality.shape[0] == lengths.shape[0], (
+        f"expected quality [n, M] and lengths [n]; got {tuple(quality.shape)}, {tuple(lengths.shape)}"
+    )
+    L = lengths.to(quality.dtype)
+    rho_heads = torch.stack([pearson(quality[:, i], L) for i in range(quality.shape[1])])  # [M]
+    scale_heads = quality.detach().std(dim=0, unbiased=False)  # [M]
+    with torch.no_grad():
+        metrics = {"rho_quality": float(pearson(quality.mean(dim=1), L))}
+    return (rho_heads.abs() * scale_heads).mean(), metrics
+
+
 def length_decorrelation(
     quality: torch.Tensor, length_score: torch.Tensor, lengths: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -102,19 +120,14 @@ def length_decorrelation(
 
     (sg = detached; the module docstring says why.) Metrics: "rho_quality" = rho(served score, L)
     (the mean of the quality heads, signed) and "rho_length" = rho(l, L)."""
-    assert quality.dim() == 2 and quality.shape[0] == length_score.shape[0] == lengths.shape[0], (
-        f"expected quality [n, M], length_score [n], lengths [n]; got {tuple(quality.shape)}, "
-        f"{tuple(length_score.shape)}, {tuple(lengths.shape)}"
+    assert length_score.shape == lengths.shape, (
+        f"expected length_score [n] and lengths [n]; got {tuple(length_score.shape)}, {tuple(lengths.shape)}"
     )
-    L = lengths.to(quality.dtype)
-    rho_heads = torch.stack([pearson(quality[:, i], L) for i in range(quality.shape[1])])  # [M]
-    rho_length = pearson(length_score, L)
-    scale_heads = quality.detach().std(dim=0, unbiased=False)  # [M]
+    quality_term, metrics = quality_decorrelation(quality, lengths)
+    rho_length = pearson(length_score, lengths.to(quality.dtype))
     scale_length = length_score.detach().std(unbiased=False)
-    term = (rho_heads.abs() * scale_heads).mean() - rho_length.abs() * scale_length
-    with torch.no_grad():
-        metrics = {"rho_quality": float(pearson(quality.mean(dim=1), L)), "rho_length": float(rho_length)}
-    return term, metrics
+    metrics["rho_length"] = float(rho_length.detach())
+    return quality_term - rho_length.abs() * scale_length, metrics
 
 
 def orthogonality(w_quality: torch.Tensor, w_length: torch.Tensor) -> torch.Tensor:
@@ -144,19 +157,25 @@ def multi_head_loss(
     length_coef: float = 0.0,
     ortho_coef: float = 0.0,
     head_weight: torch.Tensor | None = None,
+    decorrelate_only: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of logits [2B, M (+1)]: rows [0, B) chosen, [B, 2B) rejected (batching.py).
 
     ``lengths`` [2B] answer tokens (needed with a length head), ``pair_weights`` [B, M] bootstrap
     weights (None = 1), ``head_weight`` [M (+1), H] the classifier's weight (needed for ortho_coef).
+    ``decorrelate_only`` (no length head) adds the quality heads' part of the length term alone.
     Metrics: "loss"; "accuracy" and "margin" of the served score (mean of the quality heads);
-    "rank_loss"; with a length head "length_term", "rho_quality", "rho_length" and "ortho"."""
+    "rank_loss"; with a length head "length_term", "rho_quality", "rho_length" and "ortho"; with
+    ``decorrelate_only`` "length_term" and "rho_quality"."""
     M = quality_heads
     n, columns = logits.shape
     assert columns == M + int(length_head), f"logits have {columns} columns, expected {M + int(length_head)}"
     assert n % 2 == 0, f"expected 2B rows (chosen then rejected), got {n}"
     B = n // 2
-    if M == 1 and not length_head and pair_weights is None:  # today's model: exactly the pairwise loss
+    assert not (decorrelate_only and length_head), "decorrelate_only is the length term without a length head"
+    if (
+        M == 1 and not length_head and not decorrelate_only and pair_weights is None
+    ):  # today's model: exactly the pairwise loss
         return pairwise_loss(logits[:B, 0], logits[B:, 0], margin, center_coef)
 
     quality = logits[:, :M]  # [2B, M]
@@ -194,6 +213,11 @@ def multi_head_loss(
             ortho = orthogonality(head_weight[:M], head_weight[M])
             loss = loss + ortho_coef * ortho
             metrics["ortho"] = float(ortho.detach())
+    elif decorrelate_only:
+        assert lengths is not None and lengths.shape == (n,), "the length term needs lengths [2B]"
+        term, rho = quality_decorrelation(quality, lengths)
+        metrics |= {"length_term": float(term.detach()), **rho}
+        loss = loss + length_coef * term
     metrics["loss"] = float(loss.detach())
     return loss, metrics
 

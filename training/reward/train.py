@@ -75,7 +75,7 @@ from training.reward.model import (
     load_reward_model,
     model_inputs,
 )
-from training.reward.outputs import plot_run, score_stats, validate, write_final
+from training.reward.outputs import describe_validation, plot_run, score_stats, validate, write_final
 from training.reward.pooling import reward_logits
 from training.runlog import JsonlLogger
 
@@ -352,8 +352,9 @@ def _loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The multi-head loss of one micro-batch (the plain pairwise loss for one head; see losses.py)."""
     lengths = weights = classifier = None
-    if config.length_head:
+    if config.length_head or config.decorrelate_length:
         lengths = torch.from_numpy(batch["answer_tokens"]).to(logits.device)  # [2B]
+    if config.length_head:
         classifier = head_weight(raw_model)  # type: ignore[arg-type]  # [heads, hidden]
     if config.quality_heads > 1 or config.length_balance_bins:
         weights = torch.from_numpy(data.pair_weights[batch["pair_index"]]).to(logits.device)  # [B, M]
@@ -368,6 +369,7 @@ def _loss(
         length_coef=config.length_coef,
         ortho_coef=config.ortho_coef,
         head_weight=classifier,
+        decorrelate_only=config.decorrelate_length,
     )
 
 
@@ -427,9 +429,7 @@ def _write_final(
     write_final(final_dir, final_model, config, data.tokenizer_files, stats, summary)
     plot_run(out)
     if val_metrics:
-        print(
-            f"val accuracy {val_metrics['accuracy']:.3f} on {len(data.val_pairs)} pairs; model in {final_dir}"
-        )
+        print(f"{describe_validation(val_metrics)}; model in {final_dir}")
     return val_metrics
 
 
