@@ -76,6 +76,11 @@ def test_length_decorrelation_and_orthogonality_on_hand_computed_values() -> Non
     std = math.sqrt(1.25)  # population std of 1, 2, 3, 4: every column here is a permutation of it
     assert term.item() == pytest.approx((1.0 + 0.8) / 2 * std - 1.0 * std, abs=1e-6)
     assert metrics["rho_length"] == pytest.approx(-1.0, abs=1e-6)
+    # a falling head is as good as a rising one for "either" and "falls", the worst case for "rises"
+    quality_part = (1.0 + 0.8) / 2 * std
+    for sign, expected in (("either", -std), ("falls", -std), ("rises", std)):
+        signed, _ = length_decorrelation(quality, length_score, lengths, sign)
+        assert signed.item() == pytest.approx(quality_part + expected, abs=1e-6), sign
     assert metrics["rho_quality"] == pytest.approx(0.9 * 5 / math.sqrt(5 * 4.5), abs=1e-6)  # mean column
     # each correlation counts in its head's score units, and its gradient has no component along
     # the scores: shrinking them is no way down

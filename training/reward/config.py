@@ -173,6 +173,16 @@ class RewardConfig(DataclassConfig):
         },
     )
 
+    # which way the length head's score follows answer length: either = whichever it drifts to
+    # (README "Rewards that resist hacking" has what each did)
+    length_head_sign: str = field(
+        default="either",
+        metadata={
+            "help": "Sign of the length head's correlation with answer length (with --length-head): "
+            "either | rises (ODIN's) | falls."
+        },
+    )
+
     # ODIN's length term on the quality head(s) alone, with no length head to absorb length: an
     # experiment of session 8 (README "Rewards that resist hacking")
     decorrelate_length: bool = field(
@@ -245,6 +255,11 @@ class RewardConfig(DataclassConfig):
             ("ortho_coef", self.ortho_coef >= 0, "must be >= 0"),
             ("length_group_batches", self.length_group_batches >= 0, "must be >= 0"),
             ("length_balance_bins", self.length_balance_bins >= 0, "must be >= 0 (0 = off)"),
+            (
+                "length_head_sign",
+                self.length_head_sign in ("either", "rises", "falls"),
+                "must be either, rises or falls",
+            ),
             (
                 "decorrelate_length",
                 not (self.decorrelate_length and self.length_head),

@@ -113,13 +113,19 @@ def quality_decorrelation(
     return (rho_heads.abs() * scale_heads).mean(), metrics
 
 
-def length_decorrelation(
-    quality: torch.Tensor, length_score: torch.Tensor, lengths: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """mean_i |rho(q_i, L)| sg(std q_i) - |rho(l, L)| sg(std l): quality [n, M], length_score [n], L [n].
+LENGTH_HEAD_SIGNS = ("either", "rises", "falls")
 
-    (sg = detached; the module docstring says why.) Metrics: "rho_quality" = rho(served score, L)
-    (the mean of the quality heads, signed) and "rho_length" = rho(l, L)."""
+
+def length_decorrelation(
+    quality: torch.Tensor, length_score: torch.Tensor, lengths: torch.Tensor, sign: str = "either"
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """mean_i |rho(q_i, L)| sg(std q_i) - s(rho(l, L)) sg(std l): quality [n, M], length_score [n], L [n].
+
+    s = |.| for ``sign`` "either" (the length head takes whichever sign it drifts to), the identity for
+    "rises" (ODIN's: the head rises with length), the negation for "falls". (sg = detached; the module
+    docstring says why.) Metrics: "rho_quality" = rho(served score, L) (the mean of the quality heads,
+    signed) and "rho_length" = rho(l, L)."""
+    assert sign in LENGTH_HEAD_SIGNS, f"sign must be one of {LENGTH_HEAD_SIGNS}, got {sign!r}"
     assert length_score.shape == lengths.shape, (
         f"expected length_score [n] and lengths [n]; got {tuple(length_score.shape)}, {tuple(lengths.shape)}"
     )
@@ -127,7 +133,8 @@ def length_decorrelation(
     rho_length = pearson(length_score, lengths.to(quality.dtype))
     scale_length = length_score.detach().std(unbiased=False)
     metrics["rho_length"] = float(rho_length.detach())
-    return quality_term - rho_length.abs() * scale_length, metrics
+    signed = {"either": rho_length.abs(), "rises": rho_length, "falls": -rho_length}[sign]
+    return quality_term - signed * scale_length, metrics
 
 
 def orthogonality(w_quality: torch.Tensor, w_length: torch.Tensor) -> torch.Tensor:
@@ -158,6 +165,7 @@ def multi_head_loss(
     ortho_coef: float = 0.0,
     head_weight: torch.Tensor | None = None,
     decorrelate_only: bool = False,
+    length_head_sign: str = "either",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of logits [2B, M (+1)]: rows [0, B) chosen, [B, 2B) rejected (batching.py).
 
@@ -204,7 +212,7 @@ def multi_head_loss(
         }
     if length_score is not None:
         assert lengths is not None and lengths.shape == (n,), "a length head needs lengths [2B]"
-        term, rho = length_decorrelation(quality, length_score, lengths)
+        term, rho = length_decorrelation(quality, length_score, lengths, length_head_sign)
         metrics |= {"length_term": float(term.detach()), **rho}
         if length_coef:
             loss = loss + length_coef * term

@@ -370,6 +370,7 @@ def _loss(
         ortho_coef=config.ortho_coef,
         head_weight=classifier,
         decorrelate_only=config.decorrelate_length,
+        length_head_sign=config.length_head_sign,
     )
 
 
