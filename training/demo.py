@@ -214,6 +214,17 @@ def _gold_row(gold_model: dict[str, Any], gold_eval: dict[str, Any] | None) -> s
     return text
 
 
+def _accuracy_text(eval_report: dict[str, Any]) -> str:
+    """The proxy's accuracy, with what of it length cannot explain beside it (when `rlhf eval` gave it)."""
+    text = f"{100 * float(eval_report['accuracy']):.1f}%"
+    extras = []
+    if eval_report.get("length_balanced_accuracy") is not None:
+        extras.append(f"length-balanced {100 * float(eval_report['length_balanced_accuracy']):.1f}%")
+    if eval_report.get("length_pearson") is not None:
+        extras.append(f"Pearson(score, answer tokens) {float(eval_report['length_pearson']):+.2f}")
+    return f"{text} ({', '.join(extras)})" if extras else text
+
+
 def summary_rows(
     manifest: dict[str, Any],
     eval_report: dict[str, Any],
@@ -229,7 +240,7 @@ def summary_rows(
             f"{manifest['name']} {manifest['version']} (int8 shipped: {manifest['int8']['shipped']})",
         ),
         ("validation pairs", f"{eval_report.get('pairs')}"),
-        ("pairwise accuracy (served graph)", f"{100 * float(eval_report['accuracy']):.1f}%"),
+        ("pairwise accuracy (served graph)", _accuracy_text(eval_report)),
         (
             "manifest accuracy fp32 / int8",
             f"{manifest['eval']['accuracy_fp32']} / {manifest['eval']['accuracy_int8']}",

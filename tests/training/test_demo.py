@@ -112,6 +112,12 @@ def test_summary_shows_the_gain_and_only_the_evaluations_that_ran(
     assert "-0.23 → +0.36 std: +0.59 ± 0.07 (64 held-out samples" in out
     assert "34.5 → 16.4 tokens (median 40 → 6" in out
     assert "greedy" not in out and "gold" not in out and "nan" not in out
+    assert re.search(
+        r"pairwise accuracy \(served graph\) +62\.0%\n", out
+    )  # no length figures given: none shown
+    with_length = {**eval_report, "length_balanced_accuracy": 0.58, "length_pearson": -0.04}
+    print_summary(paths, with_length, policy)
+    assert "62.0% (length-balanced 58.0%, Pearson(score, answer tokens) -0.04)" in capsys.readouterr().out
     print_summary(paths, eval_report, {**policy, "greedy_gain_in_std": 0.4, "greedy_gain_se_in_std": 0.1})
     assert re.search(r"proxy gain \(greedy\) +\+0\.40 ± 0\.10", capsys.readouterr().out)
 

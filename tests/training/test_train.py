@@ -106,3 +106,27 @@ def test_the_final_line_shows_the_length_bias_beside_the_accuracy() -> None:
         ", Pearson(score, answer tokens) -0.62"
     )
     assert describe_validation({"accuracy": 1.0, "pairs": 2.0}) == "val accuracy 1.000 on 2 pairs"
+
+
+def test_the_length_term_options_reach_the_training_loss(
+    tmp_path: Path, tiny_model: Path, pairs_file: Path
+) -> None:
+    """--decorrelate-length adds the quality head's length term to a plain head; --length-head-sign
+    changes what the length head is pushed towards (the loss itself is tested in test_losses.py)."""
+    decorrelated = tiny_config(
+        tiny_model, pairs_file, max_steps=3, length_head=False, decorrelate_length=True
+    )
+    train(decorrelated, tmp_path / "decorrelated", progress=False)
+    steps = [r for r in read_jsonl(tmp_path / "decorrelated" / "metrics.jsonl") if "loss" in r]
+    assert all("length_term" in r and "rho_quality" in r and "rho_length" not in r for r in steps)
+    plain = tiny_config(tiny_model, pairs_file, max_steps=1, length_head=False)
+    train(plain, tmp_path / "plain", progress=False)
+    first = next(r for r in read_jsonl(tmp_path / "plain" / "metrics.jsonl") if "loss" in r)
+    assert "length_term" not in first
+
+    weights = {}
+    for sign in ("rises", "falls"):
+        config = tiny_config(tiny_model, pairs_file, max_steps=2, length_head=True, length_head_sign=sign)
+        train(config, tmp_path / sign, progress=False)
+        weights[sign] = load_file(str(tmp_path / sign / "final" / "model.safetensors"))["classifier.weight"]
+    assert not torch.equal(weights["rises"], weights["falls"])

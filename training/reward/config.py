@@ -148,9 +148,9 @@ class RewardConfig(DataclassConfig):
         },
     )
     # ODIN (Chen et al. 2024): a second head absorbs answer length, so the served quality head does not.
-    # On by default with length balance: alone it lost accuracy over three seeds; with balance it is the
-    # most length-neutral recipe, and the one whose demo policy did not turn to "I'm sorry" answers
-    # (README "Rewards that resist hacking" has the figures)
+    # On by default with length balance: alone it lost accuracy; with balance it is the most length-neutral
+    # recipe, as accurate as the plain model once length earns nothing (the length-balanced accuracy), and
+    # the one whose demo policy did not turn to "I'm sorry" answers (README "Rewards that resist hacking")
     length_head: bool = field(
         default=True,
         metadata={
@@ -173,8 +173,8 @@ class RewardConfig(DataclassConfig):
         },
     )
 
-    # which way the length head's score follows answer length: either = whichever it drifts to
-    # (README "Rewards that resist hacking" has what each did)
+    # which way the length head's score follows answer length: either = whichever it drifts to; making it
+    # rise (ODIN's choice) was an ablation that lost (README "Rewards that resist hacking")
     length_head_sign: str = field(
         default="either",
         metadata={
@@ -183,8 +183,8 @@ class RewardConfig(DataclassConfig):
         },
     )
 
-    # ODIN's length term on the quality head(s) alone, with no length head to absorb length: an
-    # experiment of session 8 (README "Rewards that resist hacking")
+    # ODIN's length term on the quality head(s) alone, with no length head to absorb length: the ablation
+    # that shows what the length head is for (README "Rewards that resist hacking")
     decorrelate_length: bool = field(
         default=False,
         metadata={

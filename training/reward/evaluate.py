@@ -12,8 +12,9 @@ no preference), mean margin r_chosen - r_rejected, truncation rate (pairs where 
 cut), and the length bias: accuracy where the chosen answer is the longer one vs the shorter one
 (characters; a model that learned "longer is better", or "shorter", shows a large gap between the
 two), their mean (the length-balanced accuracy: see `length_balanced_accuracy`) beside the accuracy of
-the rule "the shorter answer wins" on the same pairs, and the Pearson correlation of the score with the answer's tokens, over every scored answer and
-within pairs (score difference vs token difference of two answers to one question).
+the rule "the shorter answer wins" on the same pairs, and the Pearson correlation of the score with
+the answer's tokens, over every scored answer and within pairs (score difference vs token difference
+of two answers to one question).
 Graphs with several quality heads add how well their served uncertainty flags the pairs the model
 gets wrong (AUROC, beside the AUROC of a small |margin|: diagnostics.py); graphs with a length head
 add its own correlation with length. The scores judged are the served ones: when the manifest
@@ -104,8 +105,8 @@ class EvalReport:
             f" | chosen shorter: {pct(self.chosen_shorter.accuracy)} of {self.chosen_shorter.pairs}"
             f" | Pearson(score, answer tokens) {corr(self.length_pearson)}"
             f", within pairs {corr(self.length_pearson_in_pairs)}",
-            f"balanced  {pct(self.length_balanced_accuracy)} length-balanced accuracy"
-            f' ("the shorter answer wins" alone: {pct(self.shorter_wins_accuracy)} here, 50% length-balanced)',
+            f"balanced  {pct(self.length_balanced_accuracy)} length-balanced accuracy (the mean of the two above;"
+            f' "the shorter answer wins" alone: {pct(self.shorter_wins_accuracy)} here, 50% balanced)',
         ]
         if self.uncorrected is not None:
             before = self.uncorrected
