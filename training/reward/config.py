@@ -173,8 +173,8 @@ class RewardConfig(DataclassConfig):
         },
     )
 
-    # which way the length head's score follows answer length: either = whichever it drifts to; making it
-    # rise (ODIN's choice) was an ablation that lost (README "Rewards that resist hacking")
+    # which way the length head's score follows answer length: either = whichever it drifts to; forcing
+    # a sign was an ablation that did not help (README "Rewards that resist hacking")
     length_head_sign: str = field(
         default="either",
         metadata={
