@@ -20,10 +20,22 @@ from typing import Any
 
 from service.configuration import Check, ConfigError, DataclassConfig
 
-__all__ = ["CONFIG_NAME", "INPUT_FORMATS", "ConfigError", "RewardConfig", "encoding_checks"]
+__all__ = [
+    "CONFIG_NAME",
+    "INPUT_FORMATS",
+    "LENGTH_HEAD_SIGNS",
+    "ConfigError",
+    "RewardConfig",
+    "encoding_checks",
+]
 
 CONFIG_NAME = "reward_config.json"
-INPUT_FORMATS = ("auto", "pair", "chat")  # auto = chat when the base's tokenizer has a chat template
+INPUT_FORMATS = ("auto", "pair", "chat")
+LENGTH_HEAD_SIGNS = (
+    "either",
+    "rises",
+    "falls",
+)  # losses.length_decorrelation says what each does  # auto = chat when the base's tokenizer has a chat template
 
 
 def encoding_checks(input_format: str, max_length: int) -> list[Check]:
@@ -257,8 +269,8 @@ class RewardConfig(DataclassConfig):
             ("length_balance_bins", self.length_balance_bins >= 0, "must be >= 0 (0 = off)"),
             (
                 "length_head_sign",
-                self.length_head_sign in ("either", "rises", "falls"),
-                "must be either, rises or falls",
+                self.length_head_sign in LENGTH_HEAD_SIGNS,
+                f"must be one of {', '.join(LENGTH_HEAD_SIGNS)}",
             ),
             (
                 "decorrelate_length",
@@ -288,6 +300,5 @@ class RewardConfig(DataclassConfig):
             "input_format": "pair",
             "length_balance_bins": 0,
             "length_head": False,
-            "decorrelate_length": False,
         }
         return super().from_dict({**before, **values})

@@ -41,7 +41,7 @@ import numpy as np
 from service.bundle import Bundle, Precision, load_bundle, utc_now
 from training.reward.correction_config import CorrectionConfig
 from training.reward.data import PreferencePair, load_pairs, split_pairs
-from training.reward.evaluate import evaluate_scores
+from training.reward.evaluate import LENGTH_METRICS, evaluate_scores
 from training.reward.length_correction import (
     LengthCorrection,
     PairScores,
@@ -201,15 +201,7 @@ def heldout_metrics(
     tokens = (scored.tokens[:n], scored.tokens[n:])
     truncated = (scored.truncated[:n] | scored.truncated[n:]).tolist()
     metrics = evaluate_scores(pairs, scores[:n], scores[n:], truncated, tokens)
-    keep = (
-        "accuracy",
-        "mean_margin",
-        "chosen_longer",
-        "chosen_shorter",
-        "length_balanced_accuracy",
-        "length_pearson",
-        "length_pearson_in_pairs",
-    )
+    keep = ("accuracy", "mean_margin", *LENGTH_METRICS)
     return {k: asdict(v) if k.startswith("chosen_") else v for k, v in metrics.items() if k in keep}
 
 

@@ -134,6 +134,16 @@ def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
     return float(np.mean(chosen > rejected))
 
 
+# the length-bias metrics of `evaluate_scores`: what every before/after report of a length fix compares
+LENGTH_METRICS = (
+    "chosen_longer",
+    "chosen_shorter",
+    "length_balanced_accuracy",
+    "length_pearson",
+    "length_pearson_in_pairs",
+)
+
+
 def length_balanced_accuracy(longer: SubsetAccuracy, shorter: SubsetAccuracy) -> float | None:
     """The accuracy on a test set where answer length tells nothing: the mean of the accuracies on
     chosen-longer and chosen-shorter pairs (None when either group is empty).
@@ -258,15 +268,7 @@ def _length_metrics(
     """Accuracy, the length split and Pearson(score, tokens) of scores [2n] (chosen sides first)."""
     n = len(pairs)
     metrics = evaluate_scores(pairs, scores[:n], scores[n:], [False] * n, (tokens[:n], tokens[n:]))
-    keep = (
-        "accuracy",
-        "chosen_longer",
-        "chosen_shorter",
-        "length_balanced_accuracy",
-        "length_pearson",
-        "length_pearson_in_pairs",
-    )
-    return {k: metrics[k] for k in keep}
+    return {k: metrics[k] for k in ("accuracy", *LENGTH_METRICS)}
 
 
 def validation_split(run_dir: str | Path) -> LoadReport:

@@ -31,9 +31,9 @@ Changes to ODIN, each forced by a measured failure on the embedded data (README 
   and a length head that rises with length pull the same way; in hh-rlhf's harmless pairs the
   chosen answer is more often the *shorter* one, and a head pushed to rise with length fought the
   ranking instead of absorbing it (the ranking loss did not fall). The length head may take
-  either sign; which one it ends with is set by where it drifts early, not by the data (falling at
-  three seeds of five, rising at two, on the same balanced pairs). ``sign`` "rises" and "falls" force
-  one; neither helped (forcing "falls" bought accuracy with length, the plain model's trade: README
+  either sign; which one it ends with is set by where it drifts early, not by the data (seeds of
+  the same recipe on the same pairs end with both). ``sign`` "rises" and "falls" force one; neither
+  helped (forcing "falls" bought accuracy with length, the plain model's trade: README
   "Rewards that resist hacking").
 - The detached std factors: a Pearson correlation does not depend on its input's scale, so its
   gradient grows as 1/std of the head. Fresh heads score with a tiny spread, and there ODIN's term
@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from training.reward.config import LENGTH_HEAD_SIGNS
 
 
 def pairwise_loss(
@@ -114,9 +116,6 @@ def quality_decorrelation(
     with torch.no_grad():
         metrics = {"rho_quality": float(pearson(quality.mean(dim=1), L))}
     return (rho_heads.abs() * scale_heads).mean(), metrics
-
-
-LENGTH_HEAD_SIGNS = ("either", "rises", "falls")
 
 
 def length_decorrelation(
@@ -184,9 +183,8 @@ def multi_head_loss(
     assert n % 2 == 0, f"expected 2B rows (chosen then rejected), got {n}"
     B = n // 2
     assert not (decorrelate_only and length_head), "decorrelate_only is the length term without a length head"
-    if (
-        M == 1 and not length_head and not decorrelate_only and pair_weights is None
-    ):  # today's model: exactly the pairwise loss
+    one_plain_head = M == 1 and not length_head and not decorrelate_only and pair_weights is None
+    if one_plain_head:  # exactly the pairwise loss
         return pairwise_loss(logits[:B, 0], logits[B:, 0], margin, center_coef)
 
     quality = logits[:, :M]  # [2B, M]
